@@ -1,0 +1,89 @@
+"""Per-tomogram checkpoints of the accumulated Fourier volumes, for ``--only_do_unfinished``.
+
+After each finished tilt series the summed data and weights (both half sets, full
+double precision) are saved under ``<o>/temp/``.  Every file is written under a
+temporary name and renamed; the small JSON file, renamed last, is the commit
+record: it names the finished tilt series and the volume files that belong to
+them, so a run killed at any moment leaves either the previous checkpoint or the
+new one, never a mix.  A resumed run therefore ends with the same maps as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .atomic import atomic_path, write_text_atomic
+
+
+class Checkpoint:
+    def __init__(self, folder: Path, fingerprint: dict, rank: int = 0):
+        self.folder = Path(folder)
+        self.fingerprint = fingerprint
+        self.prefix = f"checkpoint_rank{rank}"
+
+    @property
+    def record(self) -> Path:
+        return self.folder / f"{self.prefix}.json"
+
+    def save(self, finished: list[str], data: np.ndarray, weight: np.ndarray) -> None:
+        gen = len(finished)
+        names = {
+            "data": f"{self.prefix}_{gen}_data.npy",
+            "weight": f"{self.prefix}_{gen}_weight.npy",
+        }
+        for key, arr in (("data", data), ("weight", weight)):
+            with atomic_path(self.folder / names[key]) as tmp:
+                np.save(tmp, arr)
+        old = self._read_record()
+        write_text_atomic(
+            self.record,
+            json.dumps({"fingerprint": self.fingerprint, "finished": finished, "files": names}),
+        )
+        if old is not None:  # the previous generation is no longer referenced
+            for name in old.get("files", {}).values():
+                if name not in names.values():
+                    (self.folder / name).unlink(missing_ok=True)
+
+    def _read_record(self) -> dict | None:
+        try:
+            return json.loads(self.record.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def load(self) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+        """The saved state, or None if there is none.  Refuses a checkpoint of other settings."""
+        rec = self._read_record()
+        if rec is None:
+            return None
+        if rec.get("fingerprint") != json.loads(json.dumps(self.fingerprint)):
+            raise InputError(
+                f"{self.record}: the checkpoint was made with other inputs or settings; "
+                "remove the temp folder or run without --only_do_unfinished"
+            )
+        try:
+            data = np.load(self.folder / rec["files"]["data"])
+            weight = np.load(self.folder / rec["files"]["weight"])
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"{self.record}: checkpoint volumes are unreadable ({e})") from None
+        return list(rec["finished"]), data, weight
+
+    def clear_all(self) -> None:
+        """Remove every rank's checkpoint files (the job has finished)."""
+        if not self.folder.is_dir():
+            return
+        for p in self.folder.iterdir():
+            if p.name.startswith("checkpoint_rank"):
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+        try:
+            os.rmdir(self.folder)
+        except OSError:
+            pass

@@ -1,0 +1,69 @@
+"""RELION optimisation sets: the file that names particles, tomograms and trajectories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InputError
+from .star import read_star
+
+LABELS = {
+    "particles": "rlnTomoParticlesFile",
+    "tomograms": "rlnTomoTomogramsFile",
+    "trajectories": "rlnTomoTrajectoriesFile",
+    "manifolds": "rlnTomoManifoldsFile",
+    "reference1": "rlnTomoReferenceMap1File",
+    "reference2": "rlnTomoReferenceMap2File",
+    "mask": "rlnTomoReferenceMaskFile",
+    "fsc": "rlnTomoReferenceFscFile",
+}
+
+
+@dataclass
+class OptimisationSet:
+    particles: str = ""
+    tomograms: str = ""
+    trajectories: str = ""
+    manifolds: str = ""
+    reference1: str = ""
+    reference2: str = ""
+    mask: str = ""
+    fsc: str = ""
+
+
+def read_optimisation_set(path: str) -> OptimisationSet:
+    """Read the first data block (RELION reads the first block, whatever its name)."""
+    blocks = read_star(path, "optimisation set")
+    df = next(iter(blocks.values()))
+    out = OptimisationSet()
+    if len(df) == 0:
+        return out
+    for attr, label in LABELS.items():
+        if label in df.columns:
+            setattr(out, attr, str(df[label].iloc[0]).strip())
+    if not (out.particles or out.tomograms):
+        raise InputError(
+            f"{path}: optimisation set names neither rlnTomoParticlesFile nor rlnTomoTomogramsFile"
+        )
+    return out
+
+
+def resolve_inputs(i: str = "", p: str = "", t: str = "", mot: str = "") -> OptimisationSet:
+    """Combine ``--i`` with the direct entries ``--p --t --mot``, which override it."""
+    out = read_optimisation_set(i) if i else OptimisationSet()
+    if p:
+        out.particles = p
+    if t:
+        out.tomograms = t
+    if mot:
+        out.trajectories = mot
+    if not out.particles:
+        raise InputError("no particle set: give --p particles.star or --i optimisation_set.star")
+    if not out.tomograms:
+        raise InputError("no tomogram set: give --t tomograms.star or --i optimisation_set.star")
+    return out
+
+
+def optimisation_set_blocks(s: OptimisationSet) -> dict:
+    """The list-style block RELION writes, with empty entries left out."""
+    return {"": {label: getattr(s, attr) for attr, label in LABELS.items() if getattr(s, attr)}}
