@@ -1,0 +1,212 @@
+"""Backprojection of all particles of one tilt series into the accumulators (spec §3-§4).
+
+Work is organised tilt by tilt: one tilt image is in memory at a time and all
+particles visible in it are processed in batches (cut out, FFT'd, CTF- and
+dose-weighted, inserted).  Python runs once per batch, never per particle-tilt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.fft as sfft
+
+from .ctf import astigmatism_form, ctf_constants
+from .dose import dose_weights, dose_x_ranges
+from .extraction import (
+    EDGE_FALLOFF,
+    bin_image,
+    crop_rows,
+    cropped_width,
+    extract_windows,
+    fast_window,
+    finish_slices,
+)
+from .geometry import c_round
+from .insertion import insert_slices, slice_matrices
+from .particles import ParticleGeometry
+from .whitening import whitening_filter
+
+
+@dataclass
+class Settings:
+    """The reconstruction options that shape the per-slice work."""
+
+    box: int
+    binning: float = 1.0
+    do_ctf: bool = True
+    circle_crop: bool = True
+    cutoff_fract: float = 0.01
+    whiten: bool = False
+    exact: bool = False  # RELION's per-window extraction instead of binning each tilt once
+    threads: int = 1
+    batch_bytes: int = 256 * 2**20  # memory for one batch of windows and their FFTs
+
+    @property
+    def window(self) -> int:
+        """s02D: the extraction window in unbinned pixels."""
+        return int(self.binning * self.box + 0.5)
+
+
+@dataclass
+class Accumulators:
+    """Per-thread copies of the per-half-set Fourier data and weights."""
+
+    data: np.ndarray  # (copies, 2, s, s, sh) complex128
+    weight: np.ndarray  # (copies, 2, s, s, sh) float64
+
+    @classmethod
+    def zeros(cls, box: int, copies: int = 1) -> Accumulators:
+        sh = box // 2 + 1
+        return cls(
+            np.zeros((copies, 2, box, box, sh), np.complex128),
+            np.zeros((copies, 2, box, box, sh), np.float64),
+        )
+
+    @staticmethod
+    def nbytes_per_copy(box: int) -> int:
+        return 2 * box * box * (box // 2 + 1) * 24
+
+    def reduce(self) -> None:
+        """Sum all copies into copy 0 and clear the others."""
+        if self.data.shape[0] > 1:
+            self.data[0] += self.data[1:].sum(axis=0)
+            self.weight[0] += self.weight[1:].sum(axis=0)
+            self.data[1:] = 0
+            self.weight[1:] = 0
+
+    def totals(self) -> tuple[np.ndarray, np.ndarray]:
+        """(D, W) of shape (2, s, s, sh) summed over copies (copies untouched)."""
+        return self.data.sum(axis=0), self.weight.sum(axis=0)
+
+
+_EMPTY3 = np.zeros((0, 1, 1), np.float64)
+
+
+@dataclass
+class TiltSeriesTerms:
+    """Per tilt series: what does not depend on the particle."""
+
+    P: np.ndarray  # (fc, 4, 4)
+    dose: np.ndarray  # (fc, s, sh) float32
+    x_ranges: np.ndarray  # (fc, s) int32
+    gamma_offset: np.ndarray = field(default_factory=lambda: _EMPTY3)  # (G, s, sh) even Zernike
+    odd_phase: np.ndarray = field(default_factory=lambda: _EMPTY3)  # (G, s, sh) odd Zernike
+
+
+def tilt_series_terms(
+    ts, P: np.ndarray, st: Settings, gamma_offset=None, odd_phase=None
+) -> TiltSeriesTerms:
+    binned_px = ts.pixel_size * st.binning
+    dose = dose_weights(ts.pre_exposure, st.box, binned_px, ts.bfactor_per_dose)
+    terms = TiltSeriesTerms(P=P, dose=dose, x_ranges=dose_x_ranges(dose, st.cutoff_fract))
+    if gamma_offset is not None:
+        terms.gamma_offset = gamma_offset
+    if odd_phase is not None:
+        terms.odd_phase = odd_phase
+    return terms
+
+
+def backproject(
+    ts,
+    read_frame: Callable[[int], np.ndarray],
+    geo: ParticleGeometry,
+    half: np.ndarray,
+    terms: TiltSeriesTerms,
+    st: Settings,
+    acc: Accumulators,
+    scale_ratio: float,
+    optics_group: np.ndarray | None = None,
+) -> Iterator[int]:
+    """Insert every visible particle-tilt of one tilt series; yields particle-tilts done.
+
+    ``half`` (n,) is 0 or 1 per particle; ``scale_ratio`` is px0/px_t (the first
+    tomogram's pixel size over this one's); ``optics_group`` (n,) 0-based picks the
+    Zernike maps in ``terms``.
+
+    ``st.exact``: RELION's path, a round(bin·s) px window per particle-tilt, FFT'd and
+    Fourier-cropped to s.  Otherwise each tilt is first Fourier-binned to twice the
+    output sampling and the windows (2s px) are cut from that (see
+    :func:`~.extraction.fast_window`): the same result up to rounding in the kept
+    band, at (bin/2)² less work per particle-tilt for bin > 2.
+    """
+    s = st.box
+    sh = s // 2 + 1
+    fc = ts.frame_count
+    n = geo.n
+    group = np.zeros(n, np.int64) if optics_group is None else np.asarray(optics_group, np.int64)
+    half = np.asarray(half, np.int64)
+    num, den, win = (1, 1, st.window) if st.exact else fast_window(s, st.binning)
+    if num == den:
+        # RELION's window: round(bin·s) unbinned px, cropped by the nominal binning
+        factor = st.binning
+    else:
+        # fast path: windows of the pre-binned tilt, cropped by the oversampling factor
+        factor = win / s
+    if factor != 1.0:
+        rows = crop_rows(win, int(win / factor + 0.5))
+        inv_bin = 1.0 / factor
+    else:
+        rows = np.arange(s)
+        inv_bin = 1.0
+    ncols = min(cropped_width(win, factor), sh)
+    rows = rows.astype(np.int64)
+    w_shift = 2 * (ncols - 1)
+    binned_px = ts.pixel_size * st.binning
+    per_window = win * win * 4 + win * (win // 2 + 1) * 8 + s * sh * 12
+    batch = max(1, int(st.batch_bytes // per_window))
+    noise_empty = np.zeros((0, 1), np.float32)
+    for f in range(fc):
+        idx = np.flatnonzero(geo.visible[:, f])
+        if idx.size == 0:
+            continue
+        img = read_frame(f)
+        P3 = terms.P[f, :3, :3]
+        const = ctf_constants(
+            ts.voltage, ts.cs, ts.q0, ts.ctf_bfactor[f], ts.ctf_scale[f], ts.phase_shift[f]
+        )
+        noise = whitening_filter(img, s, st.binning) if st.whiten else noise_empty
+        source = bin_image(img, num, den, st.threads)
+        scale = num / den  # unbinned pixels per source pixel: c -> c / scale
+        falloff = EDGE_FALLOFF / scale
+        for start in range(0, idx.size, batch):
+            sel = idx[start : start + batch]
+            nb = sel.size
+            c2u = geo.centres2d[sel, f]
+            c2 = c2u / scale  # in pixels of ``source``
+            # the circle sits where RELION's unbinned window would put it
+            mdx = c_round(c2u[:, 0]) / scale - c_round(c2[:, 0])
+            mdy = c_round(c2u[:, 1]) / scale - c_round(c2[:, 1])
+            windows = np.empty((nb, win, win), np.float32)
+            extract_windows(
+                source, c2[:, 0], c2[:, 1], win, st.circle_crop, windows, falloff, mdx, mdy
+            )
+            F = sfft.rfft2(windows, norm="ortho", workers=st.threads)
+            del windows
+            # sub-pixel shift: projected centre relative to the binned window's centre
+            to_binned = 1.0 / factor  # window px -> output px (RELION: the nominal bin)
+            ox = c_round(c2[:, 0]) - win // 2
+            oy = c_round(c2[:, 1]) - win // 2
+            tx = (c2[:, 0] - ox) * to_binned - w_shift // 2
+            ty = (c2[:, 1] - oy) * to_binned - s // 2
+            dz = ts.hand * ts.defocus_slope * ts.pixel_size * geo.depth[sel, f]
+            axx, axy, ayy = astigmatism_form(
+                ts.defocus_u[f] + dz, ts.defocus_v[f] + dz, np.full(nb, ts.defocus_angle[f])
+            )
+            data = np.empty((nb, s, sh), np.complex64)
+            weight = np.empty((nb, s, sh), np.float32)
+            finish_slices(
+                F, rows, ncols, w_shift, inv_bin, tx, ty, axx, axy, ayy,
+                const.k1, const.k2, const.phase, const.bfactor, const.scale, binned_px,
+                terms.gamma_offset, terms.odd_phase,
+                group[sel], terms.dose[f], terms.x_ranges[f], noise,
+                st.do_ctf, -1.0, data, weight,
+            )  # fmt: skip
+            del F
+            B = scale_ratio * (P3[None] @ geo.rotation[sel])
+            Q = slice_matrices(B)
+            max_freq = np.full(nb, terms.x_ranges[f, 0], np.int64)
+            insert_slices(data, weight, Q, max_freq, half[sel], acc.data, acc.weight)
+            yield nb

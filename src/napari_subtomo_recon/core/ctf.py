@@ -1,0 +1,88 @@
+"""Contrast transfer function on the half-complex grid (RELION ``src/ctf.{h,cpp}``, spec §3.4).
+
+Defocus is in Å (positive = underfocus), Cs in mm, voltage in kV, angles in degrees.
+The grid is FFTW half-complex: shape (s, s//2+1) as [y, x], row y has signed
+frequency y if y < s/2 else y - s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def wavelength(voltage_kv: float) -> float:
+    """Relativistic electron wavelength in Å."""
+    v = voltage_kv * 1e3
+    return 12.2643247 / np.sqrt(v * (1.0 + v * 0.978466e-6))
+
+
+@dataclass(frozen=True)
+class CtfConstants:
+    """The defocus-independent part of the CTF of one tilt (RELION's K1..K5)."""
+
+    k1: float  # pi * lambda
+    k2: float  # pi/2 * Cs * lambda^3
+    phase: float  # K5 + K3: phase shift plus amplitude-contrast phase
+    bfactor: float
+    scale: float
+
+
+def ctf_constants(
+    voltage_kv, cs_mm, q0, bfactor=0.0, scale=1.0, phase_shift_deg=0.0
+) -> CtfConstants:
+    lam = wavelength(voltage_kv)
+    k1 = np.pi * lam
+    k2 = np.pi / 2.0 * cs_mm * 1e7 * lam**3
+    k3 = np.arctan(q0 / np.sqrt(1.0 - q0 * q0)) if q0 < 1.0 else np.pi / 2.0
+    return CtfConstants(k1, k2, np.deg2rad(phase_shift_deg) + k3, bfactor, scale)
+
+
+def astigmatism_form(defocus_u, defocus_v, angle_deg):
+    """(Axx, Axy, Ayy) with Δf(X, Y) = -(Axx X² + 2 Axy X Y + Ayy Y²)."""
+    a = np.deg2rad(np.asarray(angle_deg, float))
+    c, s = np.cos(a), np.sin(a)
+    u, v = np.asarray(defocus_u, float), np.asarray(defocus_v, float)
+    return -(u * c * c + v * s * s), -(u - v) * c * s, -(u * s * s + v * c * c)
+
+
+def frequency_grid(s: int, pixel_size: float):
+    """Half-complex frequencies (X, Y) in 1/Å for a box of ``s`` px of ``pixel_size`` Å."""
+    sh = s // 2 + 1
+    x = np.arange(sh, dtype=np.float64)
+    y = np.arange(s, dtype=np.float64)
+    y = np.where(y < s // 2, y, y - s)
+    X = np.broadcast_to(x[None, :] / (s * pixel_size), (s, sh))
+    Y = np.broadcast_to(y[:, None] / (s * pixel_size), (s, sh))
+    return X, Y
+
+
+def ctf_image(
+    s: int,
+    pixel_size: float,
+    defocus_u: float,
+    defocus_v: float,
+    angle_deg: float,
+    const: CtfConstants,
+    gamma_offset: np.ndarray | None = None,
+) -> np.ndarray:
+    """CTF = -sin(γ)·exp(-B k²/4)·scale on the (s, s//2+1) grid, as float32.
+
+    γ = -πλΔf + (π/2)Cs λ³ k⁴ - φ - atan(Q0/√(1-Q0²)) (+ even-Zernike offset).
+    Values with |CTF| < 1e-8 become ±1e-8 (0 counts as positive), as in RELION.
+    """
+    X, Y = frequency_grid(s, pixel_size)
+    axx, axy, ayy = astigmatism_form(defocus_u, defocus_v, angle_deg)
+    u2 = X * X + Y * Y
+    gamma = (
+        const.k1 * (axx * X * X + 2.0 * axy * X * Y + ayy * Y * Y)
+        + const.k2 * u2 * u2
+        - const.phase
+    )
+    if gamma_offset is not None:
+        gamma = gamma + gamma_offset
+    ctf = -np.sin(gamma) * np.exp(-const.bfactor / 4.0 * u2) * const.scale
+    small = np.abs(ctf) < 1e-8
+    ctf[small] = np.where(ctf[small] >= 0, 1e-8, -1e-8)
+    return ctf.astype(np.float32)

@@ -1,0 +1,94 @@
+"""Per-particle geometry within one tilt series (spec §2.3-2.8, §3.2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .geometry import depth_offsets, euler_matrix, particle_positions, project, visible
+
+
+@dataclass
+class ParticleGeometry:
+    """Everything per particle and frame that extraction and insertion need.
+
+    n particles, fc frames; positions in unbinned tomogram pixels.
+    """
+
+    pos: np.ndarray  # (n, 3) position incl. origin offsets (CTF depth, matrix translation)
+    centres2d: np.ndarray  # (n, fc, 2) projected trajectory: extraction centres
+    visible: np.ndarray  # (n, fc) bool
+    rotation: np.ndarray  # (n, 3, 3) A = A_sub · A_part
+    depth: np.ndarray  # (n, fc) depth of pos relative to the tomogram centre, px
+
+    @property
+    def n(self) -> int:
+        return self.pos.shape[0]
+
+
+def rotations(angles, sub_angles, n: int):
+    """(A_part, A_sub): identity where the angles are absent."""
+    eye = np.broadcast_to(np.eye(3), (n, 3, 3))
+    a_part = euler_matrix(angles[:, 0], angles[:, 1], angles[:, 2]) if angles is not None else eye
+    a_sub = (
+        euler_matrix(sub_angles[:, 0], sub_angles[:, 1], sub_angles[:, 2])
+        if sub_angles is not None
+        else eye
+    )
+    return a_part, a_sub
+
+
+def particle_geometry(
+    P: np.ndarray,
+    tomo_centre: np.ndarray,
+    tomo_pixel_size: float,
+    image_size: tuple[int, int],
+    coords: np.ndarray,
+    centred: bool,
+    particle_pixel_size: np.ndarray,
+    origins_angst: np.ndarray,
+    angles: np.ndarray | None,
+    sub_angles: np.ndarray | None,
+    box: int,
+    trajectories: np.ndarray | None = None,
+) -> ParticleGeometry:
+    """Geometry of n particles in one tilt series with projections ``P`` (fc, 4, 4).
+
+    ``coords`` are centred Å (``centred``) or unbinned pixels; ``trajectories``
+    (n, fc, 3) are per-frame shifts in Å, added after conversion with the tilt
+    series' pixel size.  Visibility uses the binned half box ``box/2`` as a margin
+    in unbinned pixels, as RELION does.
+    """
+    n = coords.shape[0]
+    px_p = np.asarray(particle_pixel_size, dtype=np.float64)
+    p0 = (
+        coords / px_p[:, None] + tomo_centre[None, :]
+        if centred
+        else np.array(coords, dtype=np.float64)
+    )
+    a_part, a_sub = rotations(angles, sub_angles, n)
+    pos = particle_positions(p0, origins_angst, a_sub, px_p)
+    fc = P.shape[0]
+    traj = np.broadcast_to(pos[:, None, :], (n, fc, 3))
+    if trajectories is not None:
+        traj = traj + trajectories / tomo_pixel_size
+    c2 = project(P[None, :, :, :], traj)[..., :2]
+    return ParticleGeometry(
+        pos=pos,
+        centres2d=c2,
+        visible=visible(c2, image_size, box / 2.0),
+        rotation=np.ascontiguousarray(a_sub @ a_part),
+        depth=depth_offsets(P, pos, tomo_centre),
+    )
+
+
+def subset(geo: ParticleGeometry, sel: np.ndarray) -> ParticleGeometry:
+    """The geometry of particles ``sel`` only."""
+    return ParticleGeometry(
+        pos=geo.pos[sel],
+        centres2d=geo.centres2d[sel],
+        visible=geo.visible[sel],
+        rotation=geo.rotation[sel],
+        depth=geo.depth[sel],
+    )

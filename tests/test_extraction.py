@@ -1,0 +1,137 @@
+"""Extraction primitives against straightforward NumPy references and analytic cases."""
+
+import numpy as np
+import pytest
+import scipy.fft as sfft
+
+from napari_subtomo_recon.core.ctf import ctf_constants, ctf_image
+from napari_subtomo_recon.core.dose import dose_weights, dose_x_ranges
+from napari_subtomo_recon.core.extraction import (
+    crop_rows,
+    extract_windows,
+    finish_slices,
+    fourier_crop,
+    shift_phase,
+)
+
+
+def reference_window(img, cx, cy, w, circle_crop):
+    """RELION's window + circle crop + ifftshift, written with plain NumPy indexing."""
+    H, W = img.shape
+    half = w // 2
+    ox = int(np.floor(cx + 0.5)) - half if cx >= 0 else -int(np.floor(-cx + 0.5)) - half
+    oy = int(np.floor(cy + 0.5)) - half if cy >= 0 else -int(np.floor(-cy + 0.5)) - half
+    ys = np.clip(oy + np.arange(w), 0, H - 1)
+    xs = np.clip(ox + np.arange(w), 0, W - 1)
+    box = img[np.ix_(ys, xs)].astype(np.float64)
+    if circle_crop:
+        j, k = np.meshgrid(np.arange(w) - half, np.arange(w) - half, indexing="ij")
+        r = np.hypot(j, k)
+        R = float(half)
+        mean_out = box[r > R].mean()
+        c = np.where(r < R - 5, 1.0, np.where(r < R, 0.5 - 0.5 * np.cos(np.pi * (R - r) / 5), 0.0))
+        box = c * (box - mean_out)
+    return np.fft.ifftshift(box).astype(np.float32)
+
+
+@pytest.mark.parametrize("w", [32, 33])
+@pytest.mark.parametrize("circle", [True, False])
+def test_extract_windows_matches_reference_including_edges(w, circle):
+    rng = np.random.default_rng(3)
+    img = rng.normal(size=(70, 90)).astype(np.float32)
+    cx = np.array([45.3, 2.5, 88.6, -3.5, 44.5])
+    cy = np.array([35.7, 1.2, 68.9, 30.0, -0.5])
+    out = np.empty((5, w, w), np.float32)
+    extract_windows(img, cx, cy, w, circle, out, 5.0, np.zeros(5), np.zeros(5))
+    for i in range(5):
+        assert np.allclose(out[i], reference_window(img, cx[i], cy[i], w, circle), atol=1e-5)
+
+
+def test_fourier_crop_keeps_the_low_signed_frequencies():
+    rng = np.random.default_rng(4)
+    for h0, factor in ((48, 1.5), (64, 2.0), (51, 1.5), (74, 2.3)):
+        a = rng.normal(size=(h0, h0))
+        F = np.fft.rfft2(a)
+        C = fourier_crop(F, factor)
+        w1 = int(2 * (h0 // 2) / factor + 0.5)
+        h1 = int(h0 / factor + 0.5)
+        assert C.shape == (h1, w1 // 2 + 1)
+        fy = np.rint(np.fft.fftfreq(h0) * h0)
+        for y in range(h1):
+            want = y if y < h1 // 2 else y - h1
+            assert fy[crop_rows(h0, h1)[y]] == want
+
+
+def test_fourier_crop_divided_by_bin_keeps_grey_levels():
+    # a band-limited image, binned in Fourier space, has the same values at the coarse samples
+    n, b = 64, 2
+    x = np.arange(n)
+    img = np.cos(2 * np.pi * 3 * x / n)[None, :] * np.sin(2 * np.pi * 5 * x / n)[:, None] + 0.7
+    F = sfft.rfft2(img, norm="ortho")
+    small = sfft.irfft2(fourier_crop(F, b) / b, s=(n // b, n // b), norm="ortho")
+    assert np.allclose(small, img[::b, ::b], atol=1e-12)
+
+
+def test_shift_phase_moves_a_blob_to_the_origin():
+    s = 32
+    yy, xx = np.mgrid[0:s, 0:s]
+    px, py = 17.3, 14.6  # blob position within the box
+    blob = np.exp(-((xx - px) ** 2 + (yy - py) ** 2) / 4.0)
+    F = np.fft.rfft2(np.fft.ifftshift(blob))  # pixel s/2 at the phase origin
+    t = (px - s // 2, py - s // 2)
+    shifted = np.fft.irfft2(F * shift_phase(s, *t), s=(s, s))
+    centred = np.fft.fftshift(shifted)
+    m = centred / centred.sum()
+    assert abs((m * xx).sum() - s // 2) < 1e-3  # a wrong sign or centre is off by ~0.6 px
+    assert abs((m * yy).sum() - s // 2) < 1e-3
+
+
+def test_finish_slices_equals_numpy_composition():
+    rng = np.random.default_rng(5)
+    s, binning, w = 24, 1.5, 36
+    sh = s // 2 + 1
+    n = 4
+    F = (rng.normal(size=(n, w, w // 2 + 1)) + 1j * rng.normal(size=(n, w, w // 2 + 1))).astype(
+        np.complex64
+    )
+    tx, ty = rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n)
+    px = 1.7 * binning
+    U = rng.uniform(20000, 30000, n)
+    V = U - 400
+    const = ctf_constants(300, 2.7, 0.1, 10.0, 0.9, 0.0)
+    dose = dose_weights([30.0], s, px)[0]
+    xr = dose_x_ranges(dose[None], 0.2)[0]
+    from napari_subtomo_recon.core.ctf import astigmatism_form
+
+    axx, axy, ayy = astigmatism_form(U, V, np.full(n, 33.0))
+    data = np.empty((n, s, sh), np.complex64)
+    weight = np.empty((n, s, sh), np.float32)
+    empty = np.zeros((0, 1, 1))
+    finish_slices(
+        F, crop_rows(w, s), sh, s, 1 / binning, tx, ty, axx, axy, ayy,
+        const.k1, const.k2, const.phase,
+        const.bfactor, const.scale, px, empty, empty, np.zeros(n, np.int64), dose, xr,
+        np.zeros((0, 1), np.float32), True, -1.0, data, weight,
+    )  # fmt: skip
+    x = np.arange(sh)[None, :]
+    keep = x < xr[:, None]
+    for i in range(n):
+        ref = (
+            fourier_crop(F[i].astype(np.complex128), binning)
+            / binning
+            * shift_phase(s, tx[i], ty[i])
+        )
+        c = -ctf_image(s, px, U[i], V[i], 33.0, const).astype(np.float64) * dose
+        assert np.allclose(data[i], np.where(keep, c * ref, 0), atol=2e-5)
+        assert np.allclose(weight[i], np.where(keep, c * c, 0), atol=2e-6)
+
+    # without CTF: only the contrast flip, no zeroing, unit weights
+    finish_slices(
+        F, crop_rows(w, s), sh, s, 1 / binning, tx, ty, axx, axy, ayy,
+        const.k1, const.k2, const.phase,
+        const.bfactor, const.scale, px, empty, empty, np.zeros(n, np.int64), dose, xr,
+        np.zeros((0, 1), np.float32), False, -1.0, data, weight,
+    )  # fmt: skip
+    ref = fourier_crop(F[0].astype(np.complex128), binning) / binning * shift_phase(s, tx[0], ty[0])
+    assert np.allclose(data[0], -ref, atol=2e-5)
+    assert np.all(weight == 1.0)

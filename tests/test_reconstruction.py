@@ -1,0 +1,149 @@
+"""Finalisation steps against direct computations."""
+
+import numpy as np
+import scipy.fft as sfft
+
+from napari_subtomo_recon.core.fsc import fsc, resolution_at
+from napari_subtomo_recon.core.reconstruction import (
+    crop_centre,
+    divide_weights,
+    expand_weights,
+    gridding_correct,
+    radial_average_half,
+    taper,
+)
+
+
+def test_gridding_correction_undoes_sinc2_about_the_centre():
+    s = 16
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(s, s, s))
+    D = sfft.rfftn(np.fft.ifftshift(v), norm="ortho")  # real-space centre at the phase origin
+    out = gridding_correct(D)
+    c = np.arange(s) - s // 2
+    r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
+    sinc2 = np.sinc(r / s) ** 2
+    assert np.allclose(out * sinc2, v, atol=1e-12)
+    assert np.isclose(
+        out[s // 2, s // 2, s // 2], v[s // 2, s // 2, s // 2], rtol=1e-13
+    )  # r = 0: unchanged
+
+
+def test_wiener_division_with_constant_weights():
+    s = 12
+    rng = np.random.default_rng(1)
+    img = rng.normal(size=(s, s, s))
+    W = np.full((s, s, s // 2 + 1), 3.0)
+    assert np.allclose(divide_weights(img, W, snr=2.0), img / 3.5)
+
+
+def test_heuristic_divides_by_weight_and_drops_corners():
+    s = 16
+    x = np.arange(s)
+    band = (
+        np.cos(2 * np.pi * 2 * x / s)[:, None, None]
+        * np.cos(2 * np.pi * 3 * x / s)[None, :, None]
+        * np.ones(s)
+    )
+    W = np.full((s, s, s // 2 + 1), 4.0)
+    assert np.allclose(divide_weights(band, W, snr=-1), band / 4.0, atol=1e-12)
+    corner = (
+        np.cos(np.pi * x)[:, None, None]
+        * np.cos(np.pi * x)[None, :, None]
+        * np.cos(np.pi * x)[None, None, :]
+    )
+    assert np.allclose(divide_weights(corner, W, snr=0), 0.0, atol=1e-12)  # |k| >= s/2 is zeroed
+
+
+def test_heuristic_floors_small_weights_at_a_fraction_of_the_shell_mean():
+    s = 8
+    sh = s // 2 + 1
+    W = np.ones((s, s, sh))
+    W[0, 0, 1] = 1e-9  # one tiny weight at |k| = 1
+    img = np.zeros((s, s, s))
+    img[0, 0, 0] = 1.0
+    G = sfft.rfftn(img, norm="ortho")
+    out = sfft.rfftn(divide_weights(img, W, -1), norm="ortho")
+    rad = radial_average_half(W)
+    assert np.isclose(out[0, 0, 1], G[0, 0, 1] / (0.001 * rad[1]))
+    assert np.isclose(out[0, 1, 1], G[0, 1, 1] / 1.0)
+
+
+def test_radial_average_brute_force():
+    s = 10
+    sh = s // 2 + 1
+    rng = np.random.default_rng(2)
+    W = rng.uniform(size=(s, s, sh))
+    avg, wgh = np.zeros(sh), np.zeros(sh)
+    for z in range(s):
+        for y in range(s):
+            for x in range(sh):
+                kz, ky = (z if z < s // 2 else z - s), (y if y < s // 2 else y - s)
+                r = np.sqrt(x * x + ky * ky + kz * kz)
+                r0 = int(r)
+                f = r - r0
+                if r0 < sh:
+                    avg[r0] += (1 - f) * W[z, y, x]
+                    wgh[r0] += 1 - f
+                if r0 + 1 < sh:
+                    avg[r0 + 1] += f * W[z, y, x]
+                    wgh[r0 + 1] += f
+    assert np.allclose(radial_average_half(W), avg / wgh)
+
+
+def test_expand_weights_follows_relion_loop_order():
+    s = 6
+    sh = s // 2 + 1
+    rng = np.random.default_rng(3)
+    W = rng.uniform(size=(s, s, sh))
+    full = np.zeros((s, s, s))
+    for z in range(s):
+        for y in range(s):
+            for x in range(sh):
+                full[z, y, x] = W[z, y, x]
+                if x > 0:
+                    full[(s - z) % s, (s - y) % s, s - x] = W[z, y, x]
+    assert np.array_equal(expand_weights(W), np.fft.fftshift(full))
+
+
+def test_taper_brute_force_and_constant_volume():
+    n, dist = 10, 3.0
+    rng = np.random.default_rng(4)
+    v = rng.normal(size=(n, n, n))
+    m = n / 2.0
+    num = den = 0.0
+    mask = np.zeros_like(v)
+    for z in range(n):
+        for y in range(n):
+            for x in range(n):
+                r = np.sqrt((x - m) ** 2 + (y - m) ** 2 + (z - m) ** 2)
+                if r < m:
+                    c = 1.0 if r < m - dist else 0.5 - 0.5 * np.cos(np.pi * (m - r) / dist)
+                    mask[z, y, x] = c
+                    num += c * v[z, y, x]
+                    den += c
+    ref = np.where(mask > 0, mask * (v - num / den), 0)
+    ref[(mask == 0)] = 0
+    assert np.allclose(taper(v, dist), ref)
+    assert np.allclose(
+        taper(np.full((n, n, n), 5.0), 0.0), 0.0
+    )  # mean subtracted, even with --taper 0
+
+
+def test_crop_centre_offset():
+    v = np.arange(10**3, dtype=float).reshape(10, 10, 10)
+    assert crop_centre(v, 6).shape == (6, 6, 6)
+    assert crop_centre(v, 5).shape == (6, 6, 6)  # RELION: s - 2*((s - crop)//2)
+    assert crop_centre(v, 6)[0, 0, 0] == v[2, 2, 2]
+
+
+def test_fsc_identical_independent_and_resolution():
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(24, 24, 24))
+    assert np.allclose(fsc(a, a), 1.0)
+    assert np.allclose(fsc(a, 2 * a), 1.0)
+    b = rng.normal(size=(24, 24, 24))
+    assert np.abs(fsc(a, b)[2:]).max() < 0.3
+    curve = np.array([1.0, 0.9, 0.6, 0.4, 0.1])  # box 8
+    assert np.isclose(resolution_at(curve, 0.5, 2.0), 8 * 2.0 / 2.5)
+    assert np.isclose(resolution_at(np.ones(5), 0.143, 2.0), 4.0)
