@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 import scipy.fft as sfft
 
-from napari_subtomo_recon.core.ctf import ctf_constants, ctf_image
+from napari_subtomo_recon.core.ctf import ctf_constants, ctf_image, tilt_ctf_terms
 from napari_subtomo_recon.core.dose import dose_weights, dose_x_ranges
 from napari_subtomo_recon.core.extraction import (
     crop_rows,
     extract_windows,
     finish_slices,
     fourier_crop,
+    shift_factors,
     shift_phase,
 )
 
@@ -96,23 +97,24 @@ def test_finish_slices_equals_numpy_composition():
     )
     tx, ty = rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n)
     px = 1.7 * binning
-    U = rng.uniform(20000, 30000, n)
-    V = U - 400
+    U0, V0, dz = 25000.0, 24600.0, rng.uniform(-300, 300, n)
     const = ctf_constants(300, 2.7, 0.1, 10.0, 0.9, 0.0)
     dose = dose_weights([30.0], s, px)[0]
     xr = dose_x_ranges(dose[None], 0.2)[0]
-    from napari_subtomo_recon.core.ctf import astigmatism_form
-
-    axx, axy, ayy = astigmatism_form(U, V, np.full(n, 33.0))
+    gamma0, u2, env = tilt_ctf_terms(s, px, U0, V0, 33.0, const)
+    ex, ey = shift_factors(s, s, tx, ty)
     data = np.empty((n, s, sh), np.complex64)
     weight = np.empty((n, s, sh), np.float32)
     empty = np.zeros((0, 1, 1))
-    finish_slices(
-        F, crop_rows(w, s), sh, s, 1 / binning, tx, ty, axx, axy, ayy,
-        const.k1, const.k2, const.phase,
-        const.bfactor, const.scale, px, empty, empty, np.zeros(n, np.int64), dose, xr,
-        np.zeros((0, 1), np.float32), True, -1.0, data, weight,
-    )  # fmt: skip
+
+    def run(do_ctf):
+        finish_slices(
+            F, crop_rows(w, s), sh, 1 / binning, ex, ey, gamma0, u2, env, const.k1 * dz, empty,
+            empty, np.zeros(n, np.int64), dose, xr, np.zeros((0, 1), np.float32), do_ctf, -1.0,
+            data, weight,
+        )  # fmt: skip
+
+    run(True)
     x = np.arange(sh)[None, :]
     keep = x < xr[:, None]
     for i in range(n):
@@ -121,17 +123,11 @@ def test_finish_slices_equals_numpy_composition():
             / binning
             * shift_phase(s, tx[i], ty[i])
         )
-        c = -ctf_image(s, px, U[i], V[i], 33.0, const).astype(np.float64) * dose
+        c = -ctf_image(s, px, U0 + dz[i], V0 + dz[i], 33.0, const).astype(np.float64) * dose
         assert np.allclose(data[i], np.where(keep, c * ref, 0), atol=2e-5)
         assert np.allclose(weight[i], np.where(keep, c * c, 0), atol=2e-6)
-
     # without CTF: only the contrast flip, no zeroing, unit weights
-    finish_slices(
-        F, crop_rows(w, s), sh, s, 1 / binning, tx, ty, axx, axy, ayy,
-        const.k1, const.k2, const.phase,
-        const.bfactor, const.scale, px, empty, empty, np.zeros(n, np.int64), dose, xr,
-        np.zeros((0, 1), np.float32), False, -1.0, data, weight,
-    )  # fmt: skip
+    run(False)
     ref = fourier_crop(F[0].astype(np.complex128), binning) / binning * shift_phase(s, tx[0], ty[0])
     assert np.allclose(data[0], -ref, atol=2e-5)
     assert np.all(weight == 1.0)

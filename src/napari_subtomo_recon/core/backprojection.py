@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.fft as sfft
 
-from .ctf import astigmatism_form, ctf_constants
+from .ctf import ctf_constants, tilt_ctf_terms
 from .dose import dose_weights, dose_x_ranges
 from .extraction import (
     EDGE_FALLOFF,
@@ -23,6 +23,7 @@ from .extraction import (
     extract_windows,
     fast_window,
     finish_slices,
+    shift_factors,
 )
 from .geometry import c_round
 from .insertion import insert_slices, slice_matrices
@@ -43,6 +44,7 @@ class Settings:
     exact: bool = False  # RELION's per-window extraction instead of binning each tilt once
     threads: int = 1
     batch_bytes: int = 256 * 2**20  # memory for one batch of windows and their FFTs
+    insert_bytes: int = 8 * 2**20  # slices inserted together (kept in cache)
 
     @property
     def window(self) -> int:
@@ -52,34 +54,19 @@ class Settings:
 
 @dataclass
 class Accumulators:
-    """Per-thread copies of the per-half-set Fourier data and weights."""
+    """Fourier data and weights per half set: (2, s, s, s//2+1) [half, z, y, x]."""
 
-    data: np.ndarray  # (copies, 2, s, s, sh) complex128
-    weight: np.ndarray  # (copies, 2, s, s, sh) float64
+    data: np.ndarray  # complex128
+    weight: np.ndarray  # float64
 
     @classmethod
-    def zeros(cls, box: int, copies: int = 1) -> Accumulators:
+    def zeros(cls, box: int) -> Accumulators:
         sh = box // 2 + 1
-        return cls(
-            np.zeros((copies, 2, box, box, sh), np.complex128),
-            np.zeros((copies, 2, box, box, sh), np.float64),
-        )
+        return cls(np.zeros((2, box, box, sh), np.complex128), np.zeros((2, box, box, sh)))
 
     @staticmethod
-    def nbytes_per_copy(box: int) -> int:
+    def nbytes(box: int) -> int:
         return 2 * box * box * (box // 2 + 1) * 24
-
-    def reduce(self) -> None:
-        """Sum all copies into copy 0 and clear the others."""
-        if self.data.shape[0] > 1:
-            self.data[0] += self.data[1:].sum(axis=0)
-            self.weight[0] += self.weight[1:].sum(axis=0)
-            self.data[1:] = 0
-            self.weight[1:] = 0
-
-    def totals(self) -> tuple[np.ndarray, np.ndarray]:
-        """(D, W) of shape (2, s, s, sh) summed over copies (copies untouched)."""
-        return self.data.sum(axis=0), self.weight.sum(axis=0)
 
 
 _EMPTY3 = np.zeros((0, 1, 1), np.float64)
@@ -168,13 +155,16 @@ def backproject(
             ts.voltage, ts.cs, ts.q0, ts.ctf_bfactor[f], ts.ctf_scale[f], ts.phase_shift[f]
         )
         noise = whitening_filter(img, s, st.binning) if st.whiten else noise_empty
-        source = bin_image(img, num, den, st.threads)
-        scale = num / den  # unbinned pixels per source pixel: c -> c / scale
+        gamma0, u2, envelope = tilt_ctf_terms(
+            s, binned_px, ts.defocus_u[f], ts.defocus_v[f], ts.defocus_angle[f], const
+        )
+        source, pad = bin_image(img, num, den, st.window // 2 + 2, st.threads)
+        scale = num / den  # unbinned pixels per source pixel: c -> (c + pad) / scale
         falloff = EDGE_FALLOFF / scale
         for start in range(0, idx.size, batch):
             sel = idx[start : start + batch]
             nb = sel.size
-            c2u = geo.centres2d[sel, f]
+            c2u = geo.centres2d[sel, f] + pad
             c2 = c2u / scale  # in pixels of ``source``
             # the circle sits where RELION's unbinned window would put it
             mdx = c_round(c2u[:, 0]) / scale - c_round(c2[:, 0])
@@ -192,14 +182,11 @@ def backproject(
             tx = (c2[:, 0] - ox) * to_binned - w_shift // 2
             ty = (c2[:, 1] - oy) * to_binned - s // 2
             dz = ts.hand * ts.defocus_slope * ts.pixel_size * geo.depth[sel, f]
-            axx, axy, ayy = astigmatism_form(
-                ts.defocus_u[f] + dz, ts.defocus_v[f] + dz, np.full(nb, ts.defocus_angle[f])
-            )
+            ex, ey = shift_factors(s, w_shift, tx, ty)
             data = np.empty((nb, s, sh), np.complex64)
             weight = np.empty((nb, s, sh), np.float32)
             finish_slices(
-                F, rows, ncols, w_shift, inv_bin, tx, ty, axx, axy, ayy,
-                const.k1, const.k2, const.phase, const.bfactor, const.scale, binned_px,
+                F, rows, ncols, inv_bin, ex, ey, gamma0, u2, envelope, const.k1 * dz,
                 terms.gamma_offset, terms.odd_phase,
                 group[sel], terms.dose[f], terms.x_ranges[f], noise,
                 st.do_ctf, -1.0, data, weight,
@@ -208,5 +195,12 @@ def backproject(
             B = scale_ratio * (P3[None] @ geo.rotation[sel])
             Q = slice_matrices(B)
             max_freq = np.full(nb, terms.x_ranges[f, 0], np.int64)
-            insert_slices(data, weight, Q, max_freq, half[sel], acc.data, acc.weight)
+            # sub-batches whose slices fit in the last-level cache while a block of planes
+            # is being filled
+            step = max(1, st.insert_bytes // (s * sh * 12))
+            for a in range(0, nb, step):
+                b = slice(a, a + step)
+                insert_slices(
+                    data[b], weight[b], Q[b], max_freq[b], half[sel][b], acc.data, acc.weight
+                )
             yield nb

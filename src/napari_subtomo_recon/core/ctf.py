@@ -86,3 +86,23 @@ def ctf_image(
     small = np.abs(ctf) < 1e-8
     ctf[small] = np.where(ctf[small] >= 0, 1e-8, -1e-8)
     return ctf.astype(np.float32)
+
+
+def tilt_ctf_terms(s: int, pixel_size: float, defocus_u: float, defocus_v: float, angle_deg: float,
+                   const: CtfConstants):  # fmt: skip
+    """The particle-independent parts of one tilt's CTF on the (s, s//2+1) grid.
+
+    Adding Δz to both defoci changes γ by -π·λ·Δz·u², so per particle only
+    ``beta = const.k1 * Δz`` is needed: γ = gamma0 - beta·u2.  Returns
+    (gamma0, u2, envelope) with envelope = exp(-B u²/4)·scale.
+    """
+    X, Y = frequency_grid(s, pixel_size)
+    axx, axy, ayy = astigmatism_form(defocus_u, defocus_v, angle_deg)
+    u2 = X * X + Y * Y
+    gamma0 = (
+        const.k1 * (axx * X * X + 2.0 * axy * X * Y + ayy * Y * Y)
+        + const.k2 * u2 * u2
+        - const.phase
+    )
+    envelope = np.exp(-const.bfactor / 4.0 * u2) * const.scale
+    return np.ascontiguousarray(gamma0), np.ascontiguousarray(u2), np.ascontiguousarray(envelope)

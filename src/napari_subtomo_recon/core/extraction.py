@@ -43,45 +43,50 @@ def extract_windows(img, cx, cy, w, circle_crop, out, falloff, mdx, mdy):
     n = cx.shape[0]
     half = w // 2
     m = float(half)
-    crop_rad = m
+    rad = m
+    inner2 = (rad - falloff) ** 2 if rad > falloff else -1.0
+    rad2 = rad * rad
     for i in prange(n):
         ox = int(_c_round(cx[i])) - half
         oy = int(_c_round(cy[i])) - half
+        xs = np.empty(w, np.int64)  # clamped source columns
+        for k in range(w):
+            xs[k] = min(max(ox + k, 0), W - 1)
         mean_out = 0.0
         if circle_crop:
             acc = 0.0
             cnt = 0.0
             for j in range(w):
-                yy = min(max(oy + j, 0), H - 1)
+                row = img[min(max(oy + j, 0), H - 1)]
                 dy = j - m - mdy[i]
+                dy2 = dy * dy
                 for k in range(w):
                     dx = k - m - mdx[i]
-                    if math.sqrt(dx * dx + dy * dy) > crop_rad:
-                        xx = min(max(ox + k, 0), W - 1)
-                        acc += img[yy, xx]
+                    if dx * dx + dy2 > rad2:
+                        acc += row[xs[k]]
                         cnt += 1.0
             if cnt > 0.0:
                 mean_out = acc / cnt
         for j in range(w):
-            yy = min(max(oy + j, 0), H - 1)
-            jj = (j - half) % w
+            row = img[min(max(oy + j, 0), H - 1)]
+            dest = out[i, j - half if j >= half else j + w - half]
             dy = j - m - mdy[i]
+            dy2 = dy * dy
             for k in range(w):
-                xx = min(max(ox + k, 0), W - 1)
-                kk = (k - half) % w
-                v = img[yy, xx]
+                kk = k - half if k >= half else k + w - half
+                v = row[xs[k]]
                 if circle_crop:
                     dx = k - m - mdx[i]
-                    r = math.sqrt(dx * dx + dy * dy)
-                    if r < crop_rad - falloff:
-                        c = 1.0
-                    elif r < crop_rad:
-                        c = 0.5 - 0.5 * math.cos(math.pi * (crop_rad - r) / falloff)
+                    r2 = dx * dx + dy2
+                    if r2 < inner2:
+                        dest[kk] = np.float32(v - mean_out)
+                    elif r2 < rad2:
+                        c = 0.5 - 0.5 * math.cos(math.pi * (rad - math.sqrt(r2)) / falloff)
+                        dest[kk] = np.float32(c * (v - mean_out))
                     else:
-                        c = 0.0
-                    out[i, jj, kk] = np.float32(c * (v - mean_out))
+                        dest[kk] = 0.0
                 else:
-                    out[i, jj, kk] = v
+                    dest[kk] = v
 
 
 def window_origins(cx, cy, w):
@@ -145,19 +150,13 @@ def finish_slices(
     F,
     rows,
     ncols,
-    w_shift,
     inv_bin,
-    tx,
-    ty,
-    ctf_axx,
-    ctf_axy,
-    ctf_ayy,
-    k1,
-    k2,
-    ctf_phase,
-    ctf_bfac,
-    ctf_scale,
-    angpix,
+    ex,
+    ey,
+    gamma0,
+    u2,
+    envelope,
+    beta,
     gamma_offset,
     odd_phase,
     group,
@@ -171,59 +170,47 @@ def finish_slices(
 ):
     """Fourier crop, 1/bin, sub-pixel shift, CTF·dose premultiplication for a batch of slices.
 
-    All slices come from one tilt: ``dose`` (s, sh), ``xr`` (s,) and the CTF constants
-    (``k1, k2, ctf_phase, ctf_bfac, ctf_scale``) are that tilt's.  Per slice: the
-    shift (tx, ty), the astigmatic defocus form (axx, axy, ayy) including the depth
-    offset, and the optics ``group`` that picks the Zernike maps ``gamma_offset`` /
-    ``odd_phase`` (G, s, sh), which may be empty (G = 0).  ``noise`` (s, sh) is the
-    whitening filter or empty.
+    All slices come from one tilt (see :func:`tilt_ctf_terms` for ``gamma0``, ``u2``,
+    ``envelope``; ``dose`` and ``xr`` are that tilt's).  Per slice i: the shift phase
+    ``ex[i, x]·ey[i, y]`` (see :func:`shift_factors`), ``beta[i]`` = π·λ·Δz for its
+    depth-dependent defocus offset Δz, and the optics ``group`` picking the Zernike
+    maps ``gamma_offset`` / ``odd_phase`` (G, s, sh), which may be empty (G = 0).
+    ``noise`` (s, sh) is the whitening filter or empty.
 
+    With γ = gamma0 - beta·u2 (+ even Zernike) and CTF = -sin(γ)·envelope (|CTF| >= 1e-8):
     ``out_data = sign·CTF·D·shift(crop(F))/bin`` for x < xr[y], else 0;
     ``out_weight = (CTF·D)²`` (or 1 everywhere without CTF, as RELION's --no_ctf).
-
-    ``ncols`` columns come from ``F`` (beyond them the cropped data are zero) and the
-    shift phase uses the width ``w_shift``: both equal (s//2+1, s) except in RELION's
-    odd-window case (see :func:`cropped_width`).
+    ``ncols`` columns come from ``F``; beyond them the cropped data are zero (RELION's
+    odd-window case, see :func:`cropped_width`).
     """
     n = F.shape[0]
     s = out_data.shape[1]
     sh = out_data.shape[2]
-    w = w_shift
-    xs = s * angpix
     has_even = gamma_offset.shape[0] > 0
     has_odd = odd_phase.shape[0] > 0
     has_noise = noise.shape[0] > 0
+    fbin = np.float32(inv_bin)
     for i in prange(n):
-        mx = 2.0 * math.pi * tx[i] / w
-        my = 2.0 * math.pi * ty[i] / s
         g = group[i]
+        b = beta[i]
         for y in range(s):
-            yy = y if y < s // 2 else y - s
             src = rows[y]
-            Y = yy / xs
             lim = xr[y] if do_ctf else sh
+            eyy = ey[i, y]
             for x in range(sh):
                 if x >= lim:
                     out_data[i, y, x] = 0.0
                     out_weight[i, y, x] = 0.0 if do_ctf else 1.0
                     continue
                 if x < ncols:
-                    phi = mx * x + my * yy
-                    z = complex(np.float32(math.cos(phi)), np.float32(math.sin(phi)))
-                    v = np.complex64(z * (F[i, src, x] * np.float32(inv_bin)))
+                    v = np.complex64((ex[i, x] * eyy) * (F[i, src, x] * fbin))
                 else:
                     v = np.complex64(0.0)
                 if do_ctf:
-                    X = x / xs
-                    u2 = X * X + Y * Y
-                    gamma = (
-                        k1 * (ctf_axx[i] * X * X + 2.0 * ctf_axy[i] * X * Y + ctf_ayy[i] * Y * Y)
-                        + k2 * u2 * u2
-                        - ctf_phase
-                    )
+                    gamma = gamma0[y, x] - b * u2[y, x]
                     if has_even:
                         gamma += gamma_offset[g, y, x]
-                    c = -math.sin(gamma) * math.exp(-ctf_bfac / 4.0 * u2) * ctf_scale
+                    c = -math.sin(gamma) * envelope[y, x]
                     if abs(c) < 1e-8:
                         c = 1e-8 if c >= 0 else -1e-8
                     cw = np.float32(sign * np.float32(c) * dose[y, x])
@@ -240,6 +227,20 @@ def finish_slices(
                     wgt = wgt * noise[y, x]
                 out_data[i, y, x] = v
                 out_weight[i, y, x] = wgt
+
+
+def shift_factors(s: int, w: int, tx, ty) -> tuple[np.ndarray, np.ndarray]:
+    """exp(2πi·kx·tx/w) (n, s//2+1) and exp(2πi·ky·ty/s) (n, s): a separable phase shift.
+
+    ``w`` is the width RELION's shift uses (2·(cropped columns - 1)).
+    """
+    sh = s // 2 + 1
+    kx = np.arange(sh, dtype=np.float64)
+    ky = np.arange(s, dtype=np.float64)
+    ky = np.where(ky < s // 2, ky, ky - s)
+    ex = np.exp(2j * np.pi * np.outer(np.asarray(tx, float), kx) / w)
+    ey = np.exp(2j * np.pi * np.outer(np.asarray(ty, float), ky) / s)
+    return ex, ey
 
 
 def effective_binning(box: int, binning: float) -> float:
@@ -265,22 +266,26 @@ def fast_window(box: int, binning: float, oversampling: int = 2) -> tuple[int, i
     return s02d // g, window // g, window
 
 
-def bin_image(img: np.ndarray, num: int, den: int, workers: int = 1) -> np.ndarray:
+def bin_image(
+    img: np.ndarray, num: int, den: int, margin: int = 0, workers: int = 1
+) -> tuple[np.ndarray, int]:
     """Fourier-bin a whole image by the rational factor num/den (>= 1).
 
-    Padded with its edge values (RELION clamps windows at the edges) to a multiple
-    of ``num``, so the binned size is exact; scaled by den/num to keep grey levels.
-    Positions map as c -> c·den/num.
+    The image is first padded with its edge values by at least ``margin`` px on every
+    side (RELION clamps windows at the image edges; padding keeps the periodic FFT
+    from wrapping one edge into the other) and to a multiple of ``num``, so the
+    binned size is exact; values are scaled by den/num to keep grey levels.
+    Returns (binned image, pad): unbinned position c maps to (c + pad)·den/num.
     """
     if num == den:
-        return np.ascontiguousarray(img, dtype=np.float32)
+        return np.ascontiguousarray(img, dtype=np.float32), 0
+    pad = -(-margin // num) * num
     H, W = img.shape
-    Hp, Wp = -(-H // num) * num, -(-W // num) * num
-    if (Hp, Wp) != (H, W):
-        img = np.pad(img, ((0, Hp - H), (0, Wp - W)), mode="edge")
+    Hp, Wp = -(-(H + 2 * pad) // num) * num, -(-(W + 2 * pad) // num) * num
+    img = np.pad(img, ((pad, Hp - H - pad), (pad, Wp - W - pad)), mode="edge")
     hb, wb = Hp // num * den, Wp // num * den
     F = sfft.rfft2(img, norm="ortho", workers=workers)
     rows = np.r_[0 : hb // 2, Hp - (hb - hb // 2) : Hp]
     out = sfft.irfft2(F[rows, : wb // 2 + 1], s=(hb, wb), norm="ortho", workers=workers)
     out *= den / num
-    return out.astype(np.float32)
+    return out.astype(np.float32), pad

@@ -5,22 +5,26 @@ one voxel of the slice plane pulls ``(1 - |q_z|)`` times the bilinear value of
 the 2D slice at ``q = Q k`` with ``Q = (B^-1)^T``; negative ``q_x`` reads the
 Hermitian mirror (conjugated).  Data and weights get the same kernel.
 
-Accumulators: ``D`` complex128 and ``W`` float64 of shape (copies, 2, s, s, s//2+1)
-[copy, half, z, y, x].  Threads own copies (per-thread accumulators): slice i goes
-to copy ``i % copies``, so no two threads ever write the same voxel.
+Accumulators: ``D`` complex128 and ``W`` float64 of shape (2, s, s, s//2+1)
+[half, z, y, x].  Threads own disjoint blocks of z planes and insert every slice of
+a batch into their planes: no atomics, no per-thread copies of the volumes (memory
+does not grow with threads), the same sums in the same order whatever the number
+of threads, and a block of planes stays in cache while a batch of slices passes.
 """
 
 from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
+PLANES_PER_BLOCK = 2
+
 
 @njit(cache=True, nogil=True, inline="always")
-def _bilinear_setup(qx, qy, wh, h):
-    """Indices and weights for RELION's clipped bilinear 2D interpolation (complex and real)."""
+def _sample(data, weight, qx, qy, wh, h, Dz, Wz, y, x, c):
     if qx >= 0.0:
         xd = qx
         yd = qy
@@ -39,82 +43,206 @@ def _bilinear_setup(qx, qy, wh, h):
         x0 = wh - 1
     x1 = x0 + 1
     if x1 >= wh:
-        x1 = wh - 2  # RELION's quirk at the last column
-    if y0 < 0:
-        y0 = 0
-    elif y0 >= h:
+        x1 = wh - 2
+    if y0 >= h:
         y0 = h - 1
-    y1 = (y0 + 1) % h
-    return x0, x1, y0, y1, xf, yf, conj
+    y1 = y0 + 1
+    if y1 >= h:
+        y1 = 0
+    a = (1.0 - xf) * (1.0 - yf)
+    b = xf * (1.0 - yf)
+    cc = (1.0 - xf) * yf
+    d = xf * yf
+    v00 = data[y0, x0]
+    v01 = data[y0, x1]
+    v10 = data[y1, x0]
+    v11 = data[y1, x1]
+    re = a * v00.real + b * v01.real + cc * v10.real + d * v11.real
+    im = a * v00.imag + b * v01.imag + cc * v10.imag + d * v11.imag
+    if conj:
+        im = -im
+    wv = a * weight[y0, x0] + b * weight[y0, x1] + cc * weight[y1, x0] + d * weight[y1, x1]
+    Dz[y, x] += complex(c * re, c * im)
+    Wz[y, x] += c * wv
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _range(lo_num, hi_num, den):
+    """Integers v with lo_num < v*den < hi_num (as a closed candidate range)."""
+    a = lo_num / den
+    b = hi_num / den
+    if a > b:
+        a, b = b, a
+    return math.ceil(a), math.floor(b)
 
 
 @njit(cache=True, nogil=True)
-def insert_slice(data, weight, Q, max_freq, D, W):
-    """Insert one slice ``data``/``weight`` (s, sh) into ``D``/``W`` (s, s, sh)."""
-    d3 = D.shape[0]
-    h3 = D.shape[1]
-    wh3 = D.shape[2]
+def insert_slice_planes(data, weight, Q, R, D, W, zlo, zhi):
+    """Insert one slice into the planes of signed frequency zlo..zhi (inclusive) of D, W.
+
+    The voxels visited are exactly RELION's (|q_z| < 1, x <= sqrt(R² - y² - z²),
+    |q_x| < wh, |q_y| < h/2 + 1); they are enumerated along the axis closest to the
+    slice normal, where the slab is 1-2 voxels thick, instead of RELION's x rows.
+    """
+    s = D.shape[0]
+    sh = D.shape[2]
     h2 = data.shape[0]
     wh2 = data.shape[1]
     ylim = h2 // 2 + 1
+    R2 = R * R
     nx, ny, nz = Q[2, 0], Q[2, 1], Q[2, 2]
-    for z in range(d3):
-        zz = z - d3 if z >= d3 // 2 else z
-        for y in range(h3):
-            yy = y - h3 if y >= h3 // 2 else y
-            yz = ny * yy + nz * zz
-            if nx == 0.0:
-                if -1.0 < yz < 1.0:
-                    x0 = 0
-                    x1 = wh3 - 1
-                else:
-                    continue
+    lo = -(s // 2)
+    hi = s // 2 - 1
+    xmax = min(sh - 1, R)
+    ymin = max(lo, -R)
+    ymax = min(hi, R)
+    zlo = max(zlo, -R)
+    zhi = min(zhi, R)
+    if zlo > zhi:
+        return
+    ax, ay, az = abs(nx), abs(ny), abs(nz)
+    if az >= ax and az >= ay:
+        # slab thin in z: walk (y, x) columns whose 1-2 voxel z-range meets the planes
+        if nz > 0:
+            tlo, thi = -1.0 - nz * zhi, 1.0 - nz * zlo
+        else:
+            tlo, thi = -1.0 - nz * zlo, 1.0 - nz * zhi
+        for yy in range(ymin, ymax + 1):
+            yi = yy + s if yy < 0 else yy
+            if nx != 0.0:
+                xa, xb = _range(tlo - ny * yy, thi - ny * yy, nx)
+                if xa < 0:
+                    xa = 0
+                if xb > xmax:
+                    xb = xmax
             else:
-                a0 = (-yz - 1.0) / nx
-                a1 = (-yz + 1.0) / nx
-                if a0 < a1:
-                    x0 = math.ceil(a0)
-                    x1 = math.floor(a1)
-                else:
-                    x0 = math.ceil(a1)
-                    x1 = math.floor(a0)
-                if x0 < 0:
-                    x0 = 0
-                if x1 > wh3 - 1:
-                    x1 = wh3 - 1
-            r2 = max_freq * max_freq - yy * yy - zz * zz
-            if r2 < 0:
-                continue
-            mx = int(math.sqrt(r2))
-            if x1 > mx:
-                x1 = mx
-            for x in range(x0, x1 + 1):
-                qx = Q[0, 0] * x + Q[0, 1] * yy + Q[0, 2] * zz
-                qy = Q[1, 0] * x + Q[1, 1] * yy + Q[1, 2] * zz
-                qz = nx * x + ny * yy + nz * zz
-                if -1.0 < qz < 1.0 and abs(qx) < wh2 and abs(qy) < ylim:
-                    c = 1.0 - abs(qz)
-                    x0i, x1i, y0i, y1i, xf, yf, conj = _bilinear_setup(qx, qy, wh2, h2)
-                    v = (1 - yf) * ((1 - xf) * data[y0i, x0i] + xf * data[y0i, x1i]) + yf * (
-                        (1 - xf) * data[y1i, x0i] + xf * data[y1i, x1i]
-                    )
-                    if conj:
-                        v = v.conjugate()
-                    wv = (1 - yf) * ((1 - xf) * weight[y0i, x0i] + xf * weight[y0i, x1i]) + yf * (
-                        (1 - xf) * weight[y1i, x0i] + xf * weight[y1i, x1i]
-                    )
-                    D[z, y, x] += c * v
-                    W[z, y, x] += c * wv
+                t0 = ny * yy
+                if t0 <= tlo or t0 >= thi:
+                    continue
+                xa, xb = 0, xmax
+            for x in range(xa, xb + 1):
+                rem = R2 - x * x - yy * yy
+                if rem < 0:
+                    break
+                t = nx * x + ny * yy
+                za, zb = _range(-1.0 - t, 1.0 - t, nz)
+                if za < zlo:
+                    za = zlo
+                if zb > zhi:
+                    zb = zhi
+                for zz in range(za, zb + 1):
+                    if zz * zz > rem:
+                        continue
+                    qz = t + nz * zz
+                    if not (-1.0 < qz < 1.0):
+                        continue
+                    qx = Q[0, 0] * x + Q[0, 1] * yy + Q[0, 2] * zz
+                    qy = Q[1, 0] * x + Q[1, 1] * yy + Q[1, 2] * zz
+                    if abs(qx) < wh2 and abs(qy) < ylim:
+                        zi = zz + s if zz < 0 else zz
+                        _sample(data, weight, qx, qy, wh2, h2, D[zi], W[zi], yi, x, 1.0 - abs(qz))
+    elif ay >= ax:
+        for zz in range(zlo, zhi + 1):
+            zi = zz + s if zz < 0 else zz
+            Dz = D[zi]
+            Wz = W[zi]
+            for x in range(0, xmax + 1):
+                rem = R2 - x * x - zz * zz
+                if rem < 0:
+                    break
+                t = nx * x + nz * zz
+                ya, yb = _range(-1.0 - t, 1.0 - t, ny)
+                if ya < ymin:
+                    ya = ymin
+                if yb > ymax:
+                    yb = ymax
+                for yy in range(ya, yb + 1):
+                    if yy * yy > rem:
+                        continue
+                    qz = t + ny * yy
+                    if not (-1.0 < qz < 1.0):
+                        continue
+                    qx = Q[0, 0] * x + Q[0, 1] * yy + Q[0, 2] * zz
+                    qy = Q[1, 0] * x + Q[1, 1] * yy + Q[1, 2] * zz
+                    if abs(qx) < wh2 and abs(qy) < ylim:
+                        yi = yy + s if yy < 0 else yy
+                        _sample(data, weight, qx, qy, wh2, h2, Dz, Wz, yi, x, 1.0 - abs(qz))
+    else:
+        for zz in range(zlo, zhi + 1):
+            zi = zz + s if zz < 0 else zz
+            Dz = D[zi]
+            Wz = W[zi]
+            for yy in range(ymin, ymax + 1):
+                rem = R2 - yy * yy - zz * zz
+                if rem < 0:
+                    continue
+                yi = yy + s if yy < 0 else yy
+                t = ny * yy + nz * zz
+                xa, xb = _range(-1.0 - t, 1.0 - t, nx)
+                if xa < 0:
+                    xa = 0
+                if xb > xmax:
+                    xb = xmax
+                for x in range(xa, xb + 1):
+                    if x * x > rem:
+                        break
+                    qz = t + nx * x
+                    if not (-1.0 < qz < 1.0):
+                        continue
+                    qx = Q[0, 0] * x + Q[0, 1] * yy + Q[0, 2] * zz
+                    qy = Q[1, 0] * x + Q[1, 1] * yy + Q[1, 2] * zz
+                    if abs(qx) < wh2 and abs(qy) < ylim:
+                        _sample(data, weight, qx, qy, wh2, h2, Dz, Wz, yi, x, 1.0 - abs(qz))
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def insert_slices(data, weight, Q, max_freq, half, D, W):
-    """Insert a batch of slices; copy t of the accumulators receives slices t, t+T, ..."""
-    T = D.shape[0]
+def _insert_batch(data, weight, Q, max_freq, half, D, W, block, T):
+    s = D.shape[1]
     n = data.shape[0]
+    nb = (s + block - 1) // block
     for t in prange(T):
-        for i in range(t, n, T):
-            insert_slice(data[i], weight[i], Q[i], max_freq[i], D[t, half[i]], W[t, half[i]])
+        for b in range(t, nb, T):
+            i0 = b * block
+            i1 = min(s, i0 + block)  # index range [i0, i1)
+            # index -> signed frequency: split at s/2
+            for part in range(2):
+                if part == 0:
+                    a0, a1 = i0, min(i1, s // 2)
+                    off = 0
+                else:
+                    a0, a1 = max(i0, s // 2), i1
+                    off = -s
+                if a0 >= a1:
+                    continue
+                for i in range(n):
+                    h = half[i]
+                    insert_slice_planes(
+                        data[i], weight[i], Q[i], max_freq[i], D[h], W[h], a0 + off, a1 - 1 + off
+                    )
+
+
+def insert_slices(data, weight, Q, max_freq, half, D, W, block: int = PLANES_PER_BLOCK) -> None:
+    """Insert a batch of slices (n, s, sh) with matrices Q (n, 3, 3) into D, W (2, s, s, sh)."""
+    _insert_batch(
+        data, weight, np.ascontiguousarray(Q, dtype=np.float64),
+        np.asarray(max_freq, np.int64), np.asarray(half, np.int64), D, W, block,
+        numba.get_num_threads(),
+    )  # fmt: skip
+
+
+def insert_slice(data, weight, Q, max_freq, D, W) -> None:
+    """Insert one slice (s, sh) into one half set's D, W (s, s, sh)."""
+    s = D.shape[0]
+    insert_slice_planes(
+        data,
+        weight,
+        np.ascontiguousarray(Q, np.float64),
+        int(max_freq),
+        D,
+        W,
+        -(s // 2),
+        s // 2 - 1,
+    )
 
 
 def slice_matrices(B: np.ndarray) -> np.ndarray:
