@@ -56,6 +56,7 @@ class ReconstructParams:
     pipeline_control: str = ""
     theme: str = ""
     exact: bool = False  # RELION's per-particle bin*box extraction (otherwise the fast path)
+    ignore_unknown_tomograms: bool = False  # RELION's behaviour: drop such particles, warn
 
     def validate(self) -> None:
         """Reject flag values that cannot work, with a one-line message."""
@@ -72,7 +73,7 @@ class ReconstructParams:
         if self.b < 4:
             raise InputError(f"--b {self.b}: the box size must be at least 4")
         if self.bin < 1.0:
-            raise InputError(f"--bin {self.bin}: the binning factor must be at least 1")
+            raise InputError(f"--bin {self.bin:g}: the binning factor must be at least 1")
         if self.crop > self.b:
             raise InputError(
                 f"--crop {self.crop}: the cropped box must not exceed the box (--b {self.b})"
@@ -197,9 +198,16 @@ def load_inputs(params: ReconstructParams) -> Inputs:
         else:
             by_tomo[k].append(i)
     if unknown:
+        names = ", ".join(sorted(unknown))
+        if not params.ignore_unknown_tomograms:
+            first = next(i for i, tn in enumerate(parts.tomo_names) if tn in unknown)
+            raise InputError(
+                f"{opt.particles}: data_particles row {first + 1} rlnTomoName "
+                f"'{parts.tomo_names[first]}' is not in {opt.tomograms} (unknown: {names}); "
+                "--ignore_unknown_tomograms drops such particles as RELION does"
+            )
         notes.append(
-            f"{opt.particles}: particles of tomograms not in {opt.tomograms} are ignored: "
-            + ", ".join(sorted(unknown))
+            f"{opt.particles}: particles of tomograms not in {opt.tomograms} are ignored: {names}"
         )
     if not any(by_tomo):
         raise InputError(
@@ -237,8 +245,9 @@ def load_inputs(params: ReconstructParams) -> Inputs:
             for i in lst:
                 if traj[i].shape[0] != ts.frame_count:
                     raise InputError(
-                        f"{opt.trajectories}: trajectory of particle '{parts.names[i]}' has "
-                        f"{traj[i].shape[0]} frames, tomogram '{ts.name}' has {ts.frame_count}"
+                        f"{opt.trajectories}: data_{parts.names[i]} (trajectory of particle "
+                        f"'{parts.names[i]}') has {traj[i].shape[0]} rows, tomogram "
+                        f"'{ts.name}' has {ts.frame_count} frames"
                     )
     return Inputs(
         tomograms=tomos,
@@ -376,17 +385,26 @@ def run(
         exact=bool(params.exact),
         threads=threads,
     )
-    copies = _accumulator_copies(params, threads, s)
     px0 = inp.tomograms.tomograms[0].pixel_size
     voxel_size = px0 * params.bin
     all_plans = plan_work(params, inp)
     plans = split_plans(all_plans, rank, size)
     total = sum(p.work for p in plans)
-    _prepare_output_dir(out_dir)
+    yield Progress("reading", total=total, message="checking tilt images")
+    err = None
+    try:
+        _check_output_dir(out_dir)
+        _fit_memory(params, plans, st)
+        with FrameReader() as reader:
+            check_tilt_images(plans, reader)
+        _prepare_output_dir(out_dir)
+    except Exception as e:
+        err = e
+    _agree(comm, err)
 
     gamma_offset = group_phases(parts.optics.even_zernike, s, voxel_size, odd=False)
     odd_phase = group_phases(parts.optics.odd_zernike, s, voxel_size, odd=True)
-    acc = Accumulators.zeros(s, copies)
+    acc = Accumulators.zeros(s)
     half_all = (parts.subset - 1) if parts.has_half_sets else np.zeros(len(parts), np.int64)
 
     ckpt = Checkpoint(out_dir / "temp", _fingerprint(params, inp, rank, size), rank)
@@ -395,8 +413,7 @@ def run(
     if params.only_do_unfinished:
         state = ckpt.load()
         if state is not None:
-            finished, D0, W0 = state
-            acc.data[0], acc.weight[0] = D0, W0
+            finished, acc.data[:], acc.weight[:] = state
             done = sum(p.work for p in plans if p.ts.name in finished)
 
     last_preview = time.perf_counter()
@@ -410,7 +427,7 @@ def run(
         if preview_interval is not None and stage == "backprojecting":
             now = time.perf_counter()
             if now - last_preview >= preview_interval and done > 0:
-                D, W = acc.totals()
+                D, W = acc.data.copy(), acc.weight.copy()
                 pr.preview = finalise(D, W, params, voxel_size, False, threads, merged_only=True)
                 last_preview = time.perf_counter()
         return pr
@@ -439,8 +456,7 @@ def run(
                 yield progress("backprojecting", p, n_t + 1, msg)
             finished.append(p.ts.name)
             if not params.no_backup and n_t + 1 < len(plans):
-                acc.reduce()
-                ckpt.save(finished, acc.data[0], acc.weight[0])
+                ckpt.save(finished, acc.data, acc.weight)
 
     err = None
     try:
@@ -457,8 +473,7 @@ def run(
         particles=int(sum(p.particles.size for p in all_plans)),
         warnings=list(inp.warnings),
     )
-    D, W = acc.totals()
-    acc = None  # free the per-thread copies before finalising
+    D, W = acc.data, acc.weight
     if comm is not None:
         D, W = _reduce(comm, D, W)
     if params.no_recon or rank != 0:
@@ -515,6 +530,17 @@ def _reduce(comm, D: np.ndarray, W: np.ndarray):
     return D, W
 
 
+def _check_output_dir(out_dir: Path) -> None:
+    """Fail before any work if the output folder cannot be created or written."""
+    p = out_dir.resolve()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise InputError(f"{out_dir}: {p} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise InputError(f"{out_dir}: the output directory is not writable ({p})")
+
+
 def _prepare_output_dir(out_dir: Path) -> None:
     """Create the output folder (and temp/) before any heavy work, or fail clearly."""
     try:
@@ -542,20 +568,75 @@ def _fingerprint(params: ReconstructParams, inp: Inputs, rank: int, size: int) -
     }
 
 
-def _accumulator_copies(params: ReconstructParams, threads: int, s: int) -> int:
+def memory_estimate(params: ReconstructParams, plans: list, batch_bytes: int) -> int:
+    """Peak resident bytes of a run: accumulators + the larger of (tilt images and their
+    FFTs + one batch of windows) and (finalisation's temporary volumes)."""
     from .core.backprojection import Accumulators
 
-    per_copy = Accumulators.nbytes_per_copy(s) / 2**30
-    copies = threads
-    if params.mem > 0:
-        fit = int(params.mem / per_copy)
-        if fit < 1:
-            raise InputError(
-                f"--mem {params.mem}: one set of accumulators for --b {s} needs "
-                f"{per_copy:.2f} GB; raise --mem or reduce --b"
-            )
-        copies = min(copies, fit)
-    return copies
+    s = int(params.b)
+    acc = Accumulators.nbytes(s)
+    final = 8 * s**3 * 8
+    frame = 0
+    for p in plans:
+        W, H = p.ts.image_size
+        pixels = (W + params.b * params.bin) * (H + params.b * params.bin)
+        frame = max(frame, int(pixels * 4 * (1 if params.exact else 4)))
+    return acc + max(final, frame + batch_bytes)
+
+
+def _fit_memory(params: ReconstructParams, plans: list, st) -> None:
+    """Shrink the batch buffers to fit --mem (GB) and the machine; refuse a job that cannot fit."""
+    gb = 2**30
+    limit = params.mem * gb if params.mem > 0 else None
+    avail = _available_memory()
+    if avail is not None:
+        limit = min(limit, avail) if limit is not None else avail
+    if limit is None:
+        return
+    per_slice = int(params.b) ** 2 * 40  # a window, its FFT and the prepared slice
+    while (
+        memory_estimate(params, plans, st.batch_bytes) > limit and st.batch_bytes > 16 * per_slice
+    ):
+        st.batch_bytes //= 2
+    need = memory_estimate(params, plans, st.batch_bytes)
+    if need > limit:
+        what = (
+            f"--mem {params.mem:g}"
+            if params.mem > 0 and limit == params.mem * gb
+            else "available memory"
+        )
+        acc = 2 * params.b**2 * (params.b // 2 + 1) * 24 / gb
+        raise InputError(
+            f"{what}: this job needs about {need / gb:.3g} GB (of which the accumulators for "
+            f"--b {params.b}: {acc:.3g} GB); reduce --b or free memory"
+        )
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_tilt_images(plans: list, reader) -> None:
+    """Every tilt image a particle is visible in must be readable and finite."""
+    for p in plans:
+        used = np.flatnonzero(p.geo.visible.any(axis=0))
+        for f in used:
+            path, idx = p.ts.frames[f]
+            img = reader.read(path, idx, what=f"tilt image {f + 1} of tomogram '{p.ts.name}'")
+            if not np.isfinite(img).all():
+                y, x = np.argwhere(~np.isfinite(img))[0]
+                which = f"image {idx + 1}" if idx is not None else "the image"
+                raise InputError(
+                    f"{path}: {which} (frame {f + 1} of tomogram '{p.ts.name}', {p.ts.source} "
+                    f"row {f + 1}) has a non-finite pixel at x={x}, y={y}"
+                )
 
 
 def _check_abort(params: ReconstructParams) -> None:

@@ -1,0 +1,163 @@
+"""The command line: RELION's flags verbatim, outputs, errors and pipeline control."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mrcfile
+import pytest
+import starfile
+
+from napari_subtomo_recon.cli import main, parse_args
+from napari_subtomo_recon.errors import InputError
+
+INPUTS = Path(__file__).parent / "fixtures" / "relion" / "inputs"
+SRC = str(Path(__file__).parents[1] / "src")
+
+
+def test_relion_gui_command_line_parses_verbatim():
+    # what RELION's GUI runs for the tutorial's Reconstruct particle job (program name replaced)
+    argv = (
+        "--i Extract/job010/optimisation_set.star --theme classic --o Reconstruct/job011/ "
+        "--b 192 --crop 96 --bin 6 --j 12 --j_out 12 --j_in 1 --sym C6 --mem 50 "
+        "--pipeline_control Reconstruct/job011/"
+    ).split()
+    p, extra = parse_args(argv)
+    assert (p.i, p.o, p.b, p.crop, p.bin, p.j, p.j_out, p.j_in, p.sym, p.mem) == (
+        "Extract/job010/optimisation_set.star", "Reconstruct/job011/",
+        192, 96, 6.0, 12, 12, 1, "C6", 50.0,
+    )  # fmt: skip
+    assert p.pipeline_control == "Reconstruct/job011/" and p.theme == "classic"
+    p, _ = parse_args(
+        ["--o", "x", "--b", "64", "--SNR", "0.001", "--no_ctf", "--whiten", "--crop", "-1"]
+    )
+    assert p.SNR == 0.001 and p.no_ctf and p.whiten and p.crop == -1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--o", "x", "--b", "64", "--bogus", "1"], "unknown flag --bogus"),
+        (["--o", "x", "--b"], "--b needs a value"),
+        (["--o", "x", "--b", "big"], "--b big: expected an integer"),
+        (["--o", "x", "--bin", "two"], "--bin two: expected a number"),
+        (["--o", "x", "--o", "y"], "--o given twice"),
+        (["stray"], "unexpected argument 'stray'"),
+    ],
+)
+def test_bad_flags_are_refused(argv, message):
+    with pytest.raises(InputError, match=message):
+        parse_args(argv)
+
+
+def test_errors_are_one_line_and_exit_non_zero(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--i", "missing.star", "--o", "out", "--b", "32"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["subtomo-recon: error: missing.star: optimisation set not found"]
+    assert main(["--o", "out", "--b", "32", "--whatever"]) == 1
+    assert "unknown flag --whatever" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "merged.mrc").exists()
+    assert main(["--help"]) == 0 and "--nr_helical_asu" in capsys.readouterr().out
+
+
+def run_cli(cwd, *args, env=None):
+    e = dict(os.environ, PYTHONPATH=SRC, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "napari_subtomo_recon", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=e,
+    )
+
+
+def test_python_m_writes_relions_outputs(tmp_path):
+    out = tmp_path / "job"
+    r = run_cli(
+        INPUTS / "r5",
+        "--i",
+        "optimisation_set.star",
+        "--o",
+        str(out),
+        "--b",
+        "32",
+        "--bin",
+        "2",
+        "--crop",
+        "24",
+        "--j",
+        "2",
+    )
+    assert r.returncode == 0, r.stderr
+    names = {p.name for p in out.iterdir()}
+    for tag in ("merged", "half1", "half2"):
+        assert {f"{tag}.mrc", f"{tag}_full.mrc", f"data_{tag}.mrc", f"weight_{tag}.mrc"} <= names
+    assert {"optimisation_set.star", "note.txt"} <= names
+    assert not any(n.startswith(".") for n in names)  # no temporary files left
+    with mrcfile.open(out / "merged.mrc") as m:
+        assert m.data.shape == (24, 24, 24) and m.data.dtype.name == "float32"
+        assert float(m.voxel_size.x) == pytest.approx(4.0)
+    opt = starfile.read(out / "optimisation_set.star")
+    assert opt["rlnTomoParticlesFile"] == "particles.star"
+    assert opt["rlnTomoReferenceMap1File"] == str(out / "half1.mrc")
+    assert "--b 32" in (out / "note.txt").read_text()
+    assert "half-map FSC" in r.stdout and str(out / "merged.mrc") in r.stdout
+
+
+def test_without_half_sets_only_merged(tmp_path):
+    out = tmp_path / "job"
+    r = run_cli(
+        INPUTS / "r5",
+        "--p",
+        "particles_nohalf.star",
+        "--t",
+        "tomograms.star",
+        "--o",
+        str(out),
+        "--b",
+        "32",
+        "--bin",
+        "2",
+        "--j",
+        "2",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "no rlnRandomSubset" in r.stderr
+    names = {p.name for p in out.iterdir()}
+    assert "merged.mrc" in names and not any("half" in n for n in names)
+
+
+def test_pipeline_control_success_and_abort(tmp_path):
+    out = tmp_path / "Reconstruct" / "job001"
+    args = ["--i", "optimisation_set.star", "--o", str(out) + "/", "--b", "32", "--bin", "2",
+            "--j", "2",
+            "--theme", "classic", "--pipeline_control", str(out) + "/"]  # fmt: skip
+    r = run_cli(INPUTS / "r5", *args)
+    assert r.returncode == 0, r.stderr
+    assert (out / "RELION_JOB_EXIT_SUCCESS").exists()
+    assert not (out / "note.txt").exists()  # the pipeliner writes it, as with RELION
+    (out / "RELION_JOB_ABORT_NOW").touch()
+    (out / "merged.mrc").unlink()
+    r = run_cli(INPUTS / "r5", *args)
+    assert r.returncode == 3 and (out / "RELION_JOB_EXIT_ABORTED").exists()
+    assert not (out / "merged.mrc").exists()
+
+
+def test_json_progress_for_a_parent_process(tmp_path):
+    r = run_cli(
+        INPUTS / "r5",
+        "--i",
+        "optimisation_set.star",
+        "--o",
+        str(tmp_path / "j"),
+        "--b",
+        "32",
+        "--bin",
+        "2",
+        env={"SUBTOMO_PROGRESS": "json"},
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("@progress ")]
+    assert any('"stage": "backprojecting"' in ln for ln in lines) and '"stage": "done"' in lines[-1]

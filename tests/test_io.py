@@ -1,0 +1,172 @@
+"""Readers: RELION 5 and 4 tomogram sets, particles, trajectories, optimisation sets."""
+
+import shutil
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from napari_subtomo_recon.core.geometry import project, tilt_projections
+from napari_subtomo_recon.core.particles import particle_geometry
+from napari_subtomo_recon.errors import InputError
+from napari_subtomo_recon.io import (
+    FrameReader,
+    read_particle_set,
+    read_tomogram_set,
+    read_trajectories,
+    resolve_inputs,
+)
+from napari_subtomo_recon.io.mrc import parse_image_ref
+
+INPUTS = Path(__file__).parent / "fixtures" / "relion" / "inputs"
+
+
+def test_image_references():
+    assert parse_image_ref("3@tilt_series/TS_01.mrcs") == ("tilt_series/TS_01.mrcs", 2)
+    assert parse_image_ref("a/b.mrc") == ("a/b.mrc", None)
+    assert parse_image_ref("TS.mrc:mrc") == ("TS.mrc", None)
+    with pytest.raises(InputError, match="start at 1"):
+        parse_image_ref("0@x.mrcs")
+
+
+def test_relion5_frames_follow_their_references(monkeypatch):
+    monkeypatch.chdir(INPUTS / "r5")
+    tomos = read_tomogram_set("tomograms.star")
+    assert tomos.names() == ["TS_01", "TS_02"]
+    ts = tomos.tomograms[0]
+    table = starfile.read("tilt_series/TS_01.star", parse_as_string=["rlnMicrographName"])
+    refs = table["rlnMicrographName"].tolist()
+    assert ts.frame_count == len(refs) == 21
+    assert [f"{i + 1}@{p}" for p, i in ts.frames] == refs
+    assert sorted(i for _, i in ts.frames) != [i for _, i in ts.frames]  # rows not in stack order
+    stack = mrcfile.read("tilt_series/TS_01.mrcs")
+    with FrameReader() as r:
+        for f in (0, 5, 20):
+            path, i = ts.frames[f]
+            assert np.array_equal(r.read(path, i), stack[i].astype(np.float32))
+    assert ts.image_size == (stack.shape[2], stack.shape[1])
+    assert np.allclose(ts.pre_exposure, table["rlnMicrographPreExposure"])
+
+
+def test_relion4_metadata_gives_the_same_geometry(monkeypatch):
+    """The R4 and R5 sets of the fixtures describe the same simulated particles."""
+    geos = {}
+    for fmt in ("r4", "r5"):
+        monkeypatch.chdir(INPUTS / fmt)
+        tomos = read_tomogram_set("tomograms.star")
+        parts = read_particle_set("particles.star", tomos)
+        ts = tomos.tomograms[0]
+        idx = [i for i, n in enumerate(parts.tomo_names) if n == ts.name]
+        assert parts.centred == (fmt == "r5")
+        P = tilt_projections(ts)
+        geos[fmt] = particle_geometry(
+            P, ts.centre, ts.pixel_size, ts.image_size, parts.coords[idx], parts.centred,
+            parts.pixel_size()[idx], parts.origins_angst[idx], parts.angles[idx], None, 32,
+        )  # fmt: skip
+        if fmt == "r4":
+            assert ts.r4_projection is not None and ts.tilt_angles is None
+    # R4 rows are in acquisition order too; compare per frame after matching by dose
+    assert np.allclose(
+        np.sort(geos["r4"].centres2d, axis=1), np.sort(geos["r5"].centres2d, axis=1), atol=1e-3
+    )
+
+
+def test_r4_matrices_win_over_r5_angles(tmp_path, monkeypatch):
+    shutil.copytree(INPUTS / "r5", tmp_path / "d")
+    monkeypatch.chdir(tmp_path / "d")
+    t = starfile.read(
+        "tilt_series/TS_01.star", always_dict=True, parse_as_string=["rlnMicrographName"]
+    )
+    df = t["TS_01"]
+    shifted = [f"[1,0,0,{x}]" for x in range(len(df))]
+    for lab, val in (
+        ("rlnTomoProjX", shifted),
+        ("rlnTomoProjY", "[0,1,0,0]"),
+        ("rlnTomoProjZ", "[0,0,1,0]"),
+        ("rlnTomoProjW", "[0,0,0,1]"),
+    ):
+        df[lab] = val
+    starfile.write(t, "tilt_series/TS_01.star")
+    ts = read_tomogram_set("tomograms.star").tomograms[0]
+    P = tilt_projections(ts)
+    assert np.allclose(P[3, :3, :3], np.eye(3)) and P[3, 0, 3] == 3.0
+
+
+def test_projection_of_a_known_particle(monkeypatch):
+    """R5 angles -> P (spec §2.1): the tomogram centre lands on the image centre plus the shift."""
+    monkeypatch.chdir(INPUTS / "r5")
+    ts = read_tomogram_set("tomograms.star").tomograms[0]
+    P = tilt_projections(ts)
+    centre = np.array(ts.size) / 2.0
+    # the tomogram centre projects to the image centre plus the shift, for every tilt
+    c_int = np.array(ts.size) // 2
+    u = project(P, c_int.astype(float))
+    expect = np.array(ts.image_size) // 2 + ts.shifts_angst / ts.pixel_size
+    assert np.allclose(u[:, :2], expect)
+    assert np.allclose(ts.centre, centre)
+
+
+def test_particle_optics_rows_names_and_half_sets(tmp_path, monkeypatch):
+    monkeypatch.chdir(INPUTS / "r5")
+    tomos = read_tomogram_set("tomograms.star")
+    parts = read_particle_set("particles.star", tomos)
+    assert parts.has_half_sets and set(parts.subset) == {1, 2}
+    assert parts.names[0] == "TS_01/1"
+    blocks = starfile.read("particles.star", always_dict=True)
+    # optics group g is row g-1: two rows, particles of TS_02 in group 2 with another pixel size
+    opt = pd.concat([blocks["optics"], blocks["optics"]], ignore_index=True)
+    opt.loc[1, "rlnOpticsGroup"] = 2
+    opt.loc[1, "rlnTomoTiltSeriesPixelSize"] = 2.5
+    p = blocks["particles"].drop(columns=["rlnTomoParticleName"])
+    p.loc[p.rlnTomoName == "TS_02", "rlnOpticsGroup"] = 2
+    starfile.write(
+        {"general": blocks["general"], "optics": opt, "particles": p}, tmp_path / "p.star"
+    )
+    with pytest.warns(UserWarning, match="rlnTomoParticleName"):
+        parts2 = read_particle_set(str(tmp_path / "p.star"), tomos)
+    ps = parts2.pixel_size()
+    assert np.all(ps[np.array(parts2.tomo_names) == "TS_02"] == 2.5)
+    assert parts2.names[-1] == f"TS_02/{sum(n == 'TS_02' for n in parts2.tomo_names)}"
+    # without an optics table, groups are built from the tomogram set
+    starfile.write({"particles": blocks["particles"]}, tmp_path / "noopt.star")
+    parts3 = read_particle_set(str(tmp_path / "noopt.star"), tomos)
+    assert np.allclose(parts3.pixel_size(), 2.0) and parts3.optics_group.max() >= 1
+
+
+def test_trajectories_by_name_and_position(tmp_path, monkeypatch):
+    monkeypatch.chdir(INPUTS / "extra")
+    tomos = read_tomogram_set("tomograms.star")
+    parts = read_particle_set("particles.star", tomos)
+    traj = read_trajectories("motion.star", parts)
+    assert len(traj) == len(parts) and traj[0].shape == (tomos.tomograms[0].frame_count, 3)
+    blocks = starfile.read("motion.star", always_dict=True)
+    assert np.allclose(
+        traj[3], blocks[parts.names[3]][["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]]
+    )
+    # unnamed blocks 0, 1, ... are matched by position
+    renamed = {"general": blocks["general"]}
+    for k, name in enumerate(parts.names):
+        renamed[str(k)] = blocks[name]
+    starfile.write(renamed, tmp_path / "m.star")
+    with pytest.warns(UserWarning, match="position"):
+        traj2 = read_trajectories(str(tmp_path / "m.star"), parts)
+    assert np.allclose(traj2[5], traj[5])
+
+
+def test_direct_entries_override_the_optimisation_set(monkeypatch):
+    monkeypatch.chdir(INPUTS / "r5")
+    s = resolve_inputs("optimisation_set.star")
+    assert (s.particles, s.tomograms) == ("particles.star", "tomograms.star")
+    s = resolve_inputs("optimisation_set.star", p="particles_nohalf.star")
+    assert s.particles == "particles_nohalf.star" and s.tomograms == "tomograms.star"
+    with pytest.raises(InputError, match="no tomogram set"):
+        resolve_inputs(p="particles.star")
+
+
+def test_paths_are_relative_to_the_working_directory(monkeypatch):
+    monkeypatch.chdir(INPUTS)
+    with pytest.raises(InputError, match="tilt_series/TS_01.star"):
+        read_tomogram_set("r5/tomograms.star")  # its tilt-series paths are relative to r5/
