@@ -111,7 +111,7 @@ def test_no_backup_writes_no_checkpoints(tmp_path, monkeypatch):
     for pr in gen:
         if pr.tomogram_index == 2:
             seen = True
-            assert not list((tmp_path / "j" / "temp").glob("checkpoint*"))
+            assert not (tmp_path / "j" / "temp").exists()
     assert seen
 
 

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return _run(params, argv)
     except InputError as e:
-        print(f"subtomo-recon: error: {e}", file=sys.stderr)
+        if _RANK == 0:  # under MPI every rank stops with the same error; one prints it
+            print(f"subtomo-recon: error: {e}", file=sys.stderr)
         _pipeline_status(argv, "RELION_JOB_EXIT_FAILURE")
         if debug:
             traceback.print_exc()
@@ -183,6 +184,9 @@ def _pipeline_status(argv: list[str], name: str) -> None:
                 pass
 
 
+_RANK = 0
+
+
 def mpi_communicator():
     """MPI.COMM_WORLD when started by mpirun with more than one rank, else None."""
     size = 1
@@ -213,8 +217,9 @@ def _json_progress(p) -> None:
 def _run(params: ReconstructParams, argv: list[str]) -> int:
     from .job import run
 
+    global _RANK
     comm = mpi_communicator()
-    rank = comm.Get_rank() if comm is not None else 0
+    rank = _RANK = comm.Get_rank() if comm is not None else 0
     as_json = os.environ.get("SUBTOMO_PROGRESS") == "json"
     bar = None
     gen = run(params, command=shlex.join(["subtomo-recon", *argv]), comm=comm)

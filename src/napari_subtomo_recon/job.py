@@ -434,6 +434,8 @@ def run(
 
     def _backproject_all():
         nonlocal done
+        if os.environ.get("SUBTOMO_TEST_FAIL_RANK") == str(rank):  # test hook: a failing rank
+            raise InputError("simulated failure (SUBTOMO_TEST_FAIL_RANK)")
         for n_t, p in enumerate(plans):
             if p.ts.name in finished:
                 continue
@@ -506,11 +508,10 @@ def _agree(comm, err: BaseException | None) -> None:
             raise err
         return
     msgs = comm.allgather(None if err is None else str(err))
-    if err is not None:
-        raise err
     for r, m in enumerate(msgs):
         if m is not None:
-            raise InputError(f"MPI rank {r} failed: {m}")
+            # every rank stops with the first failing rank's message
+            raise InputError(f"MPI rank {r}: {m}") from err
 
 
 def _reduce(comm, D: np.ndarray, W: np.ndarray):
@@ -544,10 +545,10 @@ def _check_output_dir(out_dir: Path) -> None:
 def _prepare_output_dir(out_dir: Path) -> None:
     """Create the output folder (and temp/) before any heavy work, or fail clearly."""
     try:
-        (out_dir / "temp").mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"{out_dir}: cannot create the output directory ({e.strerror})") from None
-    if not os.access(out_dir, os.W_OK) or not os.access(out_dir / "temp", os.W_OK):
+    if not os.access(out_dir, os.W_OK):
         raise InputError(f"{out_dir}: the output directory is not writable")
 
 

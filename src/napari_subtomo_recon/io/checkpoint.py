@@ -32,6 +32,7 @@ class Checkpoint:
         return self.folder / f"{self.prefix}.json"
 
     def save(self, finished: list[str], data: np.ndarray, weight: np.ndarray) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
         gen = len(finished)
         names = {
             "data": f"{self.prefix}_{gen}_data.npy",
