@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     voxel = ds.pixel_size * ds.binning
     res = resolution_at(fsc(merged, truth), 0.5, voxel)
     print(f"FSC(merged, ground truth) = 0.5 at {res:.2f} A (Nyquist {2 * voxel:.2f} A)")
-    print(f"maps: {root / job}merged.mrc, half1.mrc, half2.mrc")
-    print(f"view: napari {root / job}merged.mrc   (with napari-subtomo-recon[qt] installed)")
+    where = root / job
+    print(f"maps: {where / 'merged.mrc'}, {where / 'half1.mrc'}, {where / 'half2.mrc'}")
+    print(f"view: napari {where / 'merged.mrc'}   (with napari-subtomo-recon[qt] installed)")
     return 0
 
 
