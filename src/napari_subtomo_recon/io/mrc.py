@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import mrcfile
@@ -53,56 +54,78 @@ def _open(path: str, what: str):
         raise InputError(f"{path}: not a readable MRC file ({msg})") from None
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where the pixels of an MRC file are: enough to read one image without the rest."""
+
+    offset: int
+    dtype: np.dtype
+    shape: tuple[int, int, int]  # (n_images, ny, nx)
+
+
+def _layout(path: str, what: str) -> _Layout:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{path}: {what} not found")
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{path}: {what} is not readable")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(p, mode="r", header_only=True, permissive=False) as m:
+                header = m.header
+                dtype = mrcfile.utils.data_dtype_from_header(header)
+                shape = mrcfile.utils.data_shape_from_header(header)
+                offset = header.nbytes + int(header.nsymbt)
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise InputError(f"{path}: not a readable MRC file ({msg})") from None
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(f"{path}: expected 2D images or a stack, found data of shape {shape}")
+    need = offset + int(np.prod(shape)) * dtype.itemsize
+    size = p.stat().st_size
+    if size < need:
+        raise InputError(f"{path}: not a readable MRC file (truncated: {size} of {need} bytes)")
+    return _Layout(offset, dtype, tuple(int(v) for v in shape))
+
+
 def image_shape(path: str, what: str = "image file") -> tuple[int, int, int]:
     """(n_images, ny, nx) from the header only."""
-    with _open(path, what) as m:
-        shape = m.data.shape
-    if len(shape) == 2:
-        return 1, int(shape[0]), int(shape[1])
-    if len(shape) == 3:
-        return int(shape[0]), int(shape[1]), int(shape[2])
-    raise InputError(f"{path}: expected 2D images or a stack, found data of shape {shape}")
+    return _layout(path, what).shape
 
 
 class FrameReader:
-    """Reads tilt images (one 2D float32 frame at a time) from MRC files and stacks.
+    """Reads tilt images one 2D float32 frame at a time from MRC files and stacks.
 
-    Files are memory-mapped and kept open, so asking for frame f of a stack
-    costs one page-in of that frame only: memory does not grow with the size
-    or number of tilt series.
+    Only the requested image is read (a seek and a read; no memory map), so memory
+    holds one tilt at a time and does not grow with the size or number of tilt series.
     """
 
     def __init__(self):
-        self._files: dict[str, mrcfile.mrcmemmap.MrcMemmap] = {}
-
-    def _get(self, path: str, what: str):
-        m = self._files.get(path)
-        if m is None:
-            m = _open(path, what)
-            self._files[path] = m
-        return m
+        self._layouts: dict[str, _Layout] = {}
 
     def read(self, path: str, index: int | None, what: str = "tilt image") -> np.ndarray:
-        data = self._get(path, what).data
-        if data.ndim == 2:
-            if index not in (None, 0):
-                raise InputError(
-                    f"{path}: image {index + 1} requested but the file holds one image"
-                )
-            frame = data
-        else:
-            i = 0 if index is None else index
-            if i >= data.shape[0]:
-                raise InputError(
-                    f"{path}: image {i + 1} requested but the stack holds {data.shape[0]} images"
-                )
-            frame = data[i]
-        return np.asarray(frame, dtype=np.float32)
+        lay = self._layouts.get(path)
+        if lay is None:
+            lay = self._layouts[path] = _layout(path, what)
+        n, ny, nx = lay.shape
+        i = 0 if index is None else index
+        if i >= n:
+            raise InputError(
+                f"{path}: image {i + 1} requested but the file holds {n} image{'s' * (n > 1)}"
+            )
+        count = ny * nx
+        frame = np.fromfile(
+            path, dtype=lay.dtype, count=count, offset=lay.offset + i * count * lay.dtype.itemsize
+        )
+        if frame.size != count:
+            raise InputError(f"{path}: image {i + 1} is truncated")
+        return frame.reshape(ny, nx).astype(np.float32, copy=False)
 
     def close(self) -> None:
-        for m in self._files.values():
-            m.close()
-        self._files.clear()
+        self._layouts.clear()
 
     def __enter__(self):
         return self
