@@ -114,10 +114,10 @@ def backproject(
     Zernike maps in ``terms``.
 
     ``st.exact``: RELION's path, a round(bin·s) px window per particle-tilt, FFT'd and
-    Fourier-cropped to s.  Otherwise each tilt is first Fourier-binned to twice the
-    output sampling and the windows (2s px) are cut from that (see
-    :func:`~.extraction.fast_window`): the same result up to rounding in the kept
-    band, at (bin/2)² less work per particle-tilt for bin > 2.
+    Fourier-cropped to s.  Otherwise each tilt is first Fourier-binned to 1.5 times
+    the output sampling and the windows (1.5·s px) are cut from that (see
+    :func:`~.extraction.fast_window`): nearly the same maps at (bin/1.5)² less work per
+    particle-tilt for bin > 1.5.
     """
     s = st.box
     sh = s // 2 + 1

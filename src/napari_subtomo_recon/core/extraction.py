@@ -248,18 +248,19 @@ def effective_binning(box: int, binning: float) -> float:
     return int(binning * box + 0.5) / box
 
 
-def fast_window(box: int, binning: float, oversampling: int = 2) -> tuple[int, int, int]:
+def fast_window(box: int, binning: float, oversampling: float = 1.5) -> tuple[int, int, int]:
     """(num, den, window) for the fast path: tilts binned by num/den, windows of ``window`` px.
 
     The tilt images are Fourier-binned once to ``oversampling`` times finer than the
     output pixel, then each window (``oversampling``·box px) is cut out, masked,
     transformed and cropped to ``box`` as RELION does with its unbinned windows.
-    Oversampling keeps the mask and window edges away from the output band, so the
-    result matches RELION's path to within rounding at the frequencies it keeps.
-    Where RELION's window is no larger than that, the tilts are not binned at all.
+    Oversampling keeps most of what the mask's edge spreads across the output band's
+    border: at 1.5 the maps agree with RELION's path to FSC >= 0.9998 on simulated
+    data (1.0 gives 0.988 at Nyquist).  Where RELION's window is no larger than that,
+    the tilts are not binned at all and both paths are the same.
     """
     s02d = int(binning * box + 0.5)
-    window = oversampling * box
+    window = int(round(oversampling * box))
     if s02d <= window:
         return 1, 1, s02d
     g = math.gcd(s02d, window)

@@ -223,6 +223,14 @@ def _insert_batch(data, weight, Q, max_freq, half, D, W, block, T):
 
 def insert_slices(data, weight, Q, max_freq, half, D, W, block: int = PLANES_PER_BLOCK) -> None:
     """Insert a batch of slices (n, s, sh) with matrices Q (n, 3, 3) into D, W (2, s, s, sh)."""
+    # the kernel does not check bounds: refuse mismatched shapes here
+    n = data.shape[0]
+    if D.ndim != 4 or D.shape[0] != 2 or W.shape != D.shape or D.shape[1] != D.shape[2]:
+        raise ValueError(f"accumulators must be (2, s, s, s//2+1), got {D.shape} and {W.shape}")
+    if data.shape != weight.shape or data.ndim != 3 or data.shape[2] != data.shape[1] // 2 + 1:
+        raise ValueError(f"slices must be (n, s, s//2+1), got {data.shape} and {weight.shape}")
+    if len(Q) != n or len(max_freq) != n or len(half) != n or (n and np.max(half) > 1):
+        raise ValueError("Q, max_freq and half need one entry per slice; half is 0 or 1")
     _insert_batch(
         data, weight, np.ascontiguousarray(Q, dtype=np.float64),
         np.asarray(max_freq, np.int64), np.asarray(half, np.int64), D, W, block,
