@@ -597,14 +597,16 @@ def read_job_star(path: str | os.PathLike) -> JobStar:
             blocks[block] = []
         elif block is not None:
             blocks[block].append(_tokens(line.replace("\a", "")))
-    if "job" not in blocks or "joboptions_values" not in blocks:
-        raise InputError(f"{p}: not a RELION job.star (needs data_job and data_joboptions_values)")
+    if "job" not in blocks:
+        raise InputError(f"{p}: not a RELION job.star (no data_job block)")
     head = {t[0].lstrip("_"): (t[1] if len(t) > 1 else "") for t in blocks["job"] if t}
     label = head.get("rlnJobTypeLabel", "")
     if label != JOB_TYPE_LABEL:
         raise InputError(
             f"{p}: a '{label or 'unknown'}' job, not Reconstruct particle ({JOB_TYPE_LABEL})"
         )
+    if "joboptions_values" not in blocks:
+        raise InputError(f"{p}: not a RELION job.star (no data_joboptions_values block)")
     rows = blocks["joboptions_values"]
     labels = [t[0].lstrip("_") for t in rows if t and t[0].startswith("_")]
     try:
