@@ -161,3 +161,25 @@ def test_json_progress_for_a_parent_process(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("@progress ")]
     assert any('"stage": "backprojecting"' in ln for ln in lines) and '"stage": "done"' in lines[-1]
+
+
+def test_sigterm_cancels_without_maps(tmp_path):
+    """A scheduler's SIGTERM ends the job like RELION_JOB_ABORT_NOW: exit 3, no maps."""
+    import signal
+
+    out = tmp_path / "job"
+    e = dict(os.environ, PYTHONPATH=SRC, SUBTOMO_PROGRESS="json")
+    args = ["--i", "optimisation_set.star", "--o", str(out) + "/", "--b", "32", "--bin", "2",
+            "--j", "1", "--exact", "--pipeline_control", str(out) + "/"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_subtomo_recon", *args], cwd=INPUTS / "r5", env=e,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in proc.stderr:  # wait until it backprojects, then stop it
+        if '"stage": "backprojecting"' in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == 3
+    assert (out / "RELION_JOB_EXIT_ABORTED").exists()
+    assert not (out / "merged.mrc").exists()

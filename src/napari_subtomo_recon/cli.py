@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import traceback
 from dataclasses import fields
 
@@ -135,8 +137,15 @@ def _progress_bar(total_hint: int = 0):
     )
 
 
+def _terminate(signum, frame):
+    raise Cancelled(f"stopped by signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if threading.current_thread() is threading.main_thread():
+        # a scheduler's or the widget's SIGTERM ends the job like RELION_JOB_ABORT_NOW
+        signal.signal(signal.SIGTERM, _terminate)
     debug = "--debug" in argv
     try:
         params, extra = parse_args(argv)
@@ -164,12 +173,17 @@ def main(argv: list[str] | None = None) -> int:
         print("subtomo-recon: interrupted; no maps were written", file=sys.stderr)
         return 130
     except MemoryError:
-        print(
-            "subtomo-recon: error: out of memory (try a smaller --b, fewer --j or --mem)",
-            file=sys.stderr,
-        )
+        print("subtomo-recon: error: out of memory (try a smaller --b or --mem)", file=sys.stderr)
         _pipeline_status(argv, "RELION_JOB_EXIT_FAILURE")
         return 1
+    except Exception as e:  # a defect, not a user error: one line, the traceback with --debug
+        if _RANK == 0:
+            hint = "" if debug else " (an internal error; --debug shows the traceback)"
+            print(f"subtomo-recon: error: {type(e).__name__}: {e}{hint}", file=sys.stderr)
+            if debug:
+                traceback.print_exc()
+        _pipeline_status(argv, "RELION_JOB_EXIT_FAILURE")
+        return 2
 
 
 def _pipeline_status(argv: list[str], name: str) -> None:

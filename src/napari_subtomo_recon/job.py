@@ -145,6 +145,7 @@ class Progress:
     message: str = ""
     elapsed: float = 0.0
     preview: np.ndarray | None = None  # the partial merged map, when asked for
+    voxel_size: float = 0.0  # Å, of the maps (once known)
 
 
 @dataclass
@@ -396,7 +397,8 @@ def run(
         _check_output_dir(out_dir)
         _fit_memory(params, plans, st)
         with FrameReader() as reader:
-            check_tilt_images(plans, reader)
+            for name in check_tilt_images(plans, reader):
+                yield Progress("reading", 0, total, name, message=f"checking tilt images of {name}")
         _prepare_output_dir(out_dir)
     except Exception as e:
         err = e
@@ -422,7 +424,7 @@ def run(
         nonlocal last_preview
         pr = Progress(
             stage, done, total, p.ts.name if p else "", n_t, len(plans), message,
-            time.perf_counter() - t0,
+            time.perf_counter() - t0, voxel_size=voxel_size,
         )  # fmt: skip
         if preview_interval is not None and stage == "backprojecting":
             now = time.perf_counter()
@@ -482,9 +484,17 @@ def run(
         result.elapsed = time.perf_counter() - t0
         return result
 
-    yield Progress("finalising", done, total, message="symmetry, gridding correction, weighting")
-    maps = finalise(D, W, params, voxel_size, parts.has_half_sets, threads)
-    yield Progress("writing", done, total, message=f"writing maps to {out_dir}")
+    steps = finalise_steps(D, W, params, voxel_size, parts.has_half_sets, threads)
+    while True:
+        try:
+            msg = next(steps)
+        except StopIteration as stop:
+            maps = stop.value
+            break
+        yield Progress("finalising", done, total, message=msg, voxel_size=voxel_size)
+    yield Progress(
+        "writing", done, total, message=f"writing maps to {out_dir}", voxel_size=voxel_size
+    )
     result.files = write_outputs(maps, params, inp, out_dir, voxel_size, command)
     ckpt.clear_all()
     if "half1" in maps:
@@ -624,11 +634,15 @@ def _available_memory() -> int | None:
     return None
 
 
-def check_tilt_images(plans: list, reader) -> None:
-    """Every tilt image a particle is visible in must be readable and finite."""
+def check_tilt_images(plans: list, reader):
+    """Every tilt image a particle is visible in must be readable and finite.
+
+    A generator: yields the tomogram's name after each image (cancel points).
+    """
     for p in plans:
         used = np.flatnonzero(p.geo.visible.any(axis=0))
         for f in used:
+            yield p.ts.name
             path, idx = p.ts.frames[f]
             img = reader.read(path, idx, what=f"tilt image {f + 1} of tomogram '{p.ts.name}'")
             if not np.isfinite(img).all():
@@ -647,14 +661,16 @@ def _check_abort(params: ReconstructParams) -> None:
         raise Cancelled("aborted through RELION_JOB_ABORT_NOW")
 
 
-def finalise(
+def finalise_steps(
     D, W, params: ReconstructParams, voxel_size: float, half_sets: bool, threads: int,
     merged_only: bool = False,
 ):  # fmt: skip
     """Symmetrise, reconstruct and collect every output map (nothing written yet).
 
-    ``D``, ``W`` (2, s, s, sh) are modified.  With ``merged_only`` only the final merged
-    map is computed and returned (a preview while the job runs).
+    A generator: yields a short message before each heavy step (so a caller can
+    report progress and cancel between them) and returns the maps.  ``D``, ``W``
+    (2, s, s, sh) are modified.  With ``merged_only`` it returns only the final merged
+    map (a preview while the job runs).
     """
     from .core.reconstruction import (
         crop_centre,
@@ -670,21 +686,25 @@ def finalise(
     )
     if len(ops):
         for h in range(2 if (half_sets or merged_only) else 1):
+            yield f"symmetry ({len(ops) + 1} operators), half set {h + 1}"
             D[h], W[h] = symmetrise_fourier(D[h], W[h], ops, threads)
-    pairs = {"half1": (D[0], W[0]), "half2": (D[1], W[1]), "merged": (D[0] + D[1], W[0] + W[1])}
-    if not half_sets or merged_only:
-        pairs = {"merged": (D[0] + D[1], W[0] + W[1])} if merged_only else {"merged": (D[0], W[0])}
+    if merged_only:
+        pairs = {"merged": (D[0] + D[1], W[0] + W[1])}
+    elif half_sets:
+        pairs = {"half1": (D[0], W[0]), "half2": (D[1], W[1]), "merged": (D[0] + D[1], W[0] + W[1])}
+    else:
+        pairs = {"merged": (D[0], W[0])}
+    crop = 0 < params.crop < params.b
     maps = {}
     for tag, (Dt, Wt) in pairs.items():
+        yield f"gridding correction and weighting: {tag}"
         data = gridding_correct(Dt, threads)
         out = divide_weights(data, Wt, params.SNR, threads)
+        final = taper(crop_centre(out, params.crop) if crop else out, params.taper)
         if merged_only:
-            crop = 0 < params.crop < params.b
-            return taper(crop_centre(out, params.crop) if crop else out, params.taper)
+            return final
         # RELION quirk: weight_merged holds the half-1 weights
         wexp = expand_weights(W[0] if tag == "merged" else Wt)
-        crop = 0 < params.crop < params.b
-        final = taper(crop_centre(out, params.crop) if crop else out, params.taper)
         maps[tag] = {
             "data": data,
             "weight": wexp,
@@ -693,6 +713,16 @@ def finalise(
             "full": out if crop else None,
         }
     return maps
+
+
+def finalise(*args, **kwargs):
+    """:func:`finalise_steps` run to the end."""
+    steps = finalise_steps(*args, **kwargs)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 def write_outputs(
