@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ def _layout(path: str, what: str) -> _Layout:
         shape = (1, *shape)
     if len(shape) != 3 or min(shape) < 1:
         raise InputError(f"{path}: expected 2D images or a stack, found data of shape {shape}")
-    need = offset + int(np.prod(shape)) * dtype.itemsize
+    need = offset + math.prod(int(v) for v in shape) * dtype.itemsize  # no int64 overflow
     size = p.stat().st_size
     if size < need:
         raise InputError(f"{path}: not a readable MRC file (truncated: {size} of {need} bytes)")

@@ -8,6 +8,7 @@ stays ``01``).
 
 from __future__ import annotations
 
+import linecache
 import os
 from pathlib import Path
 
@@ -56,6 +57,9 @@ def read_star(path: str | os.PathLike, what: str = "STAR file") -> dict[str, pd.
         raise InputError(f"{path}: {what} is not a file")
     if not os.access(p, os.R_OK):
         raise InputError(f"{path}: {what} is not readable")
+    # starfile reads lines through linecache and clears it only after a successful parse:
+    # after a parse error the next read of the same path would see the stale lines.
+    linecache.clearcache()
     try:
         blocks = starfile.read(p, always_dict=True, parse_as_string=STRING_LABELS)
     except InputError:
@@ -71,8 +75,27 @@ def read_star(path: str | os.PathLike, what: str = "STAR file") -> dict[str, pd.
             block = pd.DataFrame({k: [v] for k, v in block.items()})
         if not isinstance(block, pd.DataFrame):
             raise InputError(f"{path}: cannot parse {what} (block data_{name})")
+        dup = block.columns[block.columns.duplicated()]
+        if len(dup):
+            raise InputError(f"{path}: data_{name} has the label {dup[0]} more than once")
+        _reject_multiline_values(block, path, str(name))
         out[str(name)] = block
     return out
+
+
+def _reject_multiline_values(block: pd.DataFrame, path, name: str) -> None:
+    """An unbalanced quote makes pandas swallow the following lines into one value."""
+    for k, label in enumerate(block.columns):
+        col = block.iloc[:, k]
+        if pd.api.types.is_numeric_dtype(col):
+            continue
+        bad = col.astype(str).str.contains("[\r\n]", regex=True).to_numpy(dtype=bool)
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                f"{path}: data_{name} row {r + 1} {label}: a value spans several lines "
+                "(unbalanced quote?)"
+            )
 
 
 def require_block(

@@ -189,8 +189,13 @@ def _load_tilt_series(glob: Table, r: int, name: str, m: Table, check_images: bo
 
     # --- images -----------------------------------------------------------------
     if "rlnTomoTiltSeriesName" in glob:
-        stack, _ = parse_image_ref(glob.string_at("rlnTomoTiltSeriesName", r))
+        try:
+            stack, _ = parse_image_ref(glob.string_at("rlnTomoTiltSeriesName", r))
+        except InputError as e:
+            raise InputError(f"{glob.where('rlnTomoTiltSeriesName', r)}: {e}") from None
         fc = int(round(glob.float_at("rlnTomoFrameCount", r)))
+        if fc < 1:
+            raise InputError(f"{glob.where('rlnTomoFrameCount', r)}: {fc} frames (at least 1)")
         if fc > len(m):
             raise InputError(
                 f"{glob.where('rlnTomoFrameCount', r)}: {fc} frames, but {m.path} data_{name} "
@@ -213,6 +218,8 @@ def _load_tilt_series(glob: Table, r: int, name: str, m: Table, check_images: bo
                 "has no rlnTomoTiltSeriesName"
             )
         fc = len(m)
+        if fc == 0:
+            raise InputError(f"{m.path}: data_{name} has no rows (no tilt images)")
         refs = m.strings("rlnMicrographName")
         frames = []
         for f, ref in enumerate(refs):
