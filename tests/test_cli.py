@@ -183,3 +183,23 @@ def test_sigterm_cancels_without_maps(tmp_path):
     assert proc.returncode == 3
     assert (out / "RELION_JOB_EXIT_ABORTED").exists()
     assert not (out / "merged.mrc").exists()
+
+
+def test_a_project_folder_instead_of_the_working_directory(tmp_path, monkeypatch):
+    """run(root=...) resolves every relative path against the project folder (no chdir)."""
+    import shutil
+
+    from napari_subtomo_recon.job import run_to_completion
+
+    project = tmp_path / "project"
+    shutil.copytree(INPUTS / "r5", project)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    p, _ = parse_args(
+        ["--i", "optimisation_set.star", "--o", "Reconstruct/job001/", "--b", "32", "--bin", "2"]
+    )
+    res = run_to_completion(p, root=str(project))
+    assert res.files["merged"] == project / "Reconstruct" / "job001" / "merged.mrc"
+    opt = starfile.read(res.files["optimisation_set"])
+    assert opt["rlnTomoReferenceMap1File"] == "Reconstruct/job001/half1.mrc"
+    assert not any((tmp_path / "elsewhere").iterdir())

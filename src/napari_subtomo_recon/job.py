@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .io.star import at
 
 MAP_TAGS = ("half1", "half2", "merged")
 
@@ -176,17 +177,17 @@ class Inputs:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_inputs(params: ReconstructParams) -> Inputs:
+def load_inputs(params: ReconstructParams, root: str | None = None) -> Inputs:
     """Read and cross-check every input file (headers only for images)."""
     from .io import read_particle_set, read_tomogram_set, read_trajectories, resolve_inputs
 
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        opt = resolve_inputs(params.i, params.p, params.t, params.mot)
-        tomos = read_tomogram_set(opt.tomograms)
-        parts = read_particle_set(opt.particles, tomos)
-        traj = read_trajectories(opt.trajectories, parts) if opt.trajectories else None
+        opt = resolve_inputs(params.i, params.p, params.t, params.mot, root)
+        tomos = read_tomogram_set(opt.tomograms, root=root)
+        parts = read_particle_set(opt.particles, tomos, root)
+        traj = read_trajectories(opt.trajectories, parts, root) if opt.trajectories else None
     notes += [str(w.message) for w in caught]
 
     index = {name: k for k, name in enumerate(tomos.names())}
@@ -345,6 +346,7 @@ def run(
     command: str | None = None,
     preview_interval: float | None = None,
     comm=None,
+    root: str | None = None,
 ) -> Generator[Progress, None, Result]:
     """Reconstruct; yields progress, returns the result.  See the module docstring.
 
@@ -353,6 +355,8 @@ def run(
     current (partial) merged map to a :class:`Progress` as ``preview``.
     ``comm``: an MPI communicator (mpi4py); each rank backprojects its share,
     rank 0 alone writes the outputs.
+    ``root``: the project folder that relative paths (flags and star files) refer to;
+    by default the working directory, as in RELION.
     """
     import numba
 
@@ -364,11 +368,11 @@ def run(
     t0 = time.perf_counter()
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     params.validate()
-    out_dir = Path(params.o)
+    out_dir = Path(at(root, params.o))  # where files go; star files name params.o as written
     yield Progress("reading", message="reading inputs")
     err = None
     try:
-        inp = load_inputs(params)
+        inp = load_inputs(params, root)
     except Exception as e:
         err = e
     _agree(comm, err)
@@ -409,7 +413,7 @@ def run(
     acc = Accumulators.zeros(s)
     half_all = (parts.subset - 1) if parts.has_half_sets else np.zeros(len(parts), np.int64)
 
-    ckpt = Checkpoint(out_dir / "temp", _fingerprint(params, inp, rank, size), rank)
+    ckpt = Checkpoint(out_dir / "temp", _fingerprint(params, inp, rank, size, root), rank)
     finished: list[str] = []
     done = 0
     if params.only_do_unfinished:
@@ -441,7 +445,7 @@ def run(
         for n_t, p in enumerate(plans):
             if p.ts.name in finished:
                 continue
-            _check_abort(params)
+            _check_abort(params, root)
             msg = f"tomogram {n_t + 1}/{len(plans)}: {p.ts.name}"
             yield progress("backprojecting", p, n_t + 1, msg)
             terms = tilt_series_terms(p.ts, p.P, st, gamma_offset, odd_phase)
@@ -562,14 +566,14 @@ def _prepare_output_dir(out_dir: Path) -> None:
         raise InputError(f"{out_dir}: the output directory is not writable")
 
 
-def _fingerprint(params: ReconstructParams, inp: Inputs, rank: int, size: int) -> dict:
+def _fingerprint(params: ReconstructParams, inp: Inputs, rank: int, size: int, root=None) -> dict:
     """What a checkpoint must agree with to be resumed."""
     keys = ("b", "bin", "no_ctf", "no_circle_crop", "cutoff_fract", "whiten", "exact")
     files = {}
     opt = inp.optimisation_set
     for name in (opt.particles, opt.tomograms, opt.trajectories):
         if name:
-            st = os.stat(name)
+            st = os.stat(at(root, name))
             files[name] = [st.st_size, st.st_mtime_ns]
     return {
         "params": {k: getattr(params, k) for k in keys},
@@ -654,8 +658,11 @@ def check_tilt_images(plans: list, reader):
                 )
 
 
-def _check_abort(params: ReconstructParams) -> None:
-    if params.pipeline_control and Path(params.pipeline_control, "RELION_JOB_ABORT_NOW").exists():
+def _check_abort(params: ReconstructParams, root: str | None = None) -> None:
+    if (
+        params.pipeline_control
+        and Path(at(root, params.pipeline_control), "RELION_JOB_ABORT_NOW").exists()
+    ):
         from .errors import Cancelled
 
         raise Cancelled("aborted through RELION_JOB_ABORT_NOW")
@@ -765,11 +772,12 @@ def write_outputs(
         ref = OptimisationSet(
             particles=opt.particles, tomograms=opt.tomograms, trajectories=opt.trajectories
         )
+        written = Path(params.o)  # as the user wrote it: relative to the project folder
         if "half1" in maps:
-            ref.reference1 = str(out_dir / "half1.mrc")
-            ref.reference2 = str(out_dir / "half2.mrc")
+            ref.reference1 = str(written / "half1.mrc")
+            ref.reference2 = str(written / "half2.mrc")
         else:
-            ref.reference1 = str(out_dir / "merged.mrc")
+            ref.reference1 = str(written / "merged.mrc")
         stage(
             "optimisation_set", out_dir / "optimisation_set.star",
             lambda t: write_star(optimisation_set_blocks(ref), t),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InputError
-from .star import read_star
+from .star import at, read_star
 
 LABELS = {
     "particles": "rlnTomoParticlesFile",
@@ -48,9 +48,14 @@ def read_optimisation_set(path: str) -> OptimisationSet:
     return out
 
 
-def resolve_inputs(i: str = "", p: str = "", t: str = "", mot: str = "") -> OptimisationSet:
-    """Combine ``--i`` with the direct entries ``--p --t --mot``, which override it."""
-    out = read_optimisation_set(i) if i else OptimisationSet()
+def resolve_inputs(
+    i: str = "", p: str = "", t: str = "", mot: str = "", root: str | None = None
+) -> OptimisationSet:
+    """Combine ``--i`` with the direct entries ``--p --t --mot``, which override it.
+
+    Entries stay as written (relative to the project folder ``root``).
+    """
+    out = read_optimisation_set(at(root, i)) if i else OptimisationSet()
     if p:
         out.particles = p
     if t:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from .star import Table, read_star
+from .star import Table, at, read_star
 from .tomograms import TomogramSet
 
 CENTRED = (
@@ -76,7 +76,10 @@ class ParticleSet:
         return self.optics.pixel_size[self.optics_group - 1]
 
 
-def read_particle_set(path: str, tomograms: TomogramSet | None = None) -> ParticleSet:
+def read_particle_set(
+    path: str, tomograms: TomogramSet | None = None, root: str | None = None
+) -> ParticleSet:
+    path = at(root, path)
     blocks = read_star(path, "particle set")
     general = None
     if "general" in blocks:
@@ -203,8 +206,11 @@ def _optics_from_tomograms(tomo_names, tomograms: TomogramSet, path) -> tuple[Op
     return Optics(pixel_size=arr[:, 0], voltage=arr[:, 1], cs=arr[:, 2], q0=arr[:, 3]), groups
 
 
-def read_trajectories(path: str, particles: ParticleSet) -> list[np.ndarray]:
+def read_trajectories(
+    path: str, particles: ParticleSet, root: str | None = None
+) -> list[np.ndarray]:
     """Per particle, the 3D shifts (Å, tomogram axes) of each frame, from ``motion.star``."""
+    path = at(root, path)
     blocks = read_star(path, "trajectory set")
     if "general" not in blocks:
         raise InputError(f"{path}: trajectory set has no data_general block")

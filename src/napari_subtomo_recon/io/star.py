@@ -48,6 +48,15 @@ STRING_LABELS = [
 ]
 
 
+def at(root: str | os.PathLike | None, path: str | os.PathLike) -> str:
+    """``path`` as RELION resolves it: relative paths are relative to the project folder
+    ``root`` (the working directory when ``root`` is None)."""
+    path = str(path)
+    if not root or not path or os.path.isabs(path):
+        return path
+    return os.path.join(str(root), path)
+
+
 def read_star(path: str | os.PathLike, what: str = "STAR file") -> dict[str, pd.DataFrame]:
     """Read every block of a STAR file; ``what`` names the file's role in errors."""
     p = Path(path)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from .mrc import image_shape, parse_image_ref
-from .star import Table, parse_vector, read_star
+from .star import Table, at, parse_vector, read_star
 
 R5_ANGLE_LABELS = ("rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst", "rlnTomoYShiftAngst")
 R4_MATRIX_LABELS = ("rlnTomoProjX", "rlnTomoProjY", "rlnTomoProjZ", "rlnTomoProjW")
@@ -89,12 +89,13 @@ class TomogramSet:
         return len(self.tomograms)
 
 
-def read_tomogram_set(path: str, check_images: bool = True) -> TomogramSet:
+def read_tomogram_set(path: str, check_images: bool = True, root: str | None = None) -> TomogramSet:
     """Read a RELION 5 or RELION 4 tomogram set.
 
     ``check_images`` reads the header of every referenced image (sizes, frame
     counts); the pixels themselves are read later, lazily.
     """
+    path = at(root, path)
     blocks = read_star(path, "tomogram set")
     if "global" not in blocks:
         raise InputError(f"{path}: tomogram set has no data_global block")
@@ -115,7 +116,9 @@ def read_tomogram_set(path: str, check_images: bool = True) -> TomogramSet:
         for r, (name, fn) in enumerate(zip(names, star_files, strict=True)):
             if fn not in cache:
                 try:
-                    cache[fn] = read_star(fn, f"tilt-series star file of tomogram '{name}'")
+                    cache[fn] = read_star(
+                        at(root, fn), f"tilt-series star file of tomogram '{name}'"
+                    )
                 except InputError as e:
                     raise InputError(
                         f"{e} (from {glob.where('rlnTomoTiltSeriesStarFile', r)})"
@@ -147,11 +150,13 @@ def read_tomogram_set(path: str, check_images: bool = True) -> TomogramSet:
 
     out = TomogramSet(path=str(path), global_table=glob)
     for r, (name, table) in enumerate(zip(names, tables, strict=True)):
-        out.tomograms.append(_load_tilt_series(glob, r, name, table, check_images))
+        out.tomograms.append(_load_tilt_series(glob, r, name, table, check_images, root))
     return out
 
 
-def _load_tilt_series(glob: Table, r: int, name: str, m: Table, check_images: bool) -> TiltSeries:
+def _load_tilt_series(
+    glob: Table, r: int, name: str, m: Table, check_images: bool, root: str | None = None
+) -> TiltSeries:
     gpath = glob.path
     for label in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"):
         if label not in glob:
@@ -191,6 +196,7 @@ def _load_tilt_series(glob: Table, r: int, name: str, m: Table, check_images: bo
     if "rlnTomoTiltSeriesName" in glob:
         try:
             stack, _ = parse_image_ref(glob.string_at("rlnTomoTiltSeriesName", r))
+            stack = at(root, stack)
         except InputError as e:
             raise InputError(f"{glob.where('rlnTomoTiltSeriesName', r)}: {e}") from None
         fc = int(round(glob.float_at("rlnTomoFrameCount", r)))
@@ -224,7 +230,8 @@ def _load_tilt_series(glob: Table, r: int, name: str, m: Table, check_images: bo
         frames = []
         for f, ref in enumerate(refs):
             try:
-                frames.append(parse_image_ref(ref))
+                fn, idx = parse_image_ref(ref)
+                frames.append((at(root, fn), idx))
             except InputError as e:
                 raise InputError(f"{m.where('rlnMicrographName', f)}: {e}") from None
         image_size = (0, 0)
