@@ -103,18 +103,21 @@ def test_finish_slices_equals_numpy_composition():
     xr = dose_x_ranges(dose[None], 0.2)[0]
     gamma0, u2, env = tilt_ctf_terms(s, px, U0, V0, 33.0, const)
     ex, ey = shift_factors(s, s, tx, ty)
-    data = np.empty((n, s, sh), np.complex64)
-    weight = np.empty((n, s, sh), np.float32)
+    packed = np.empty((n, s + 1, sh + 1, 4), np.float32)
     empty = np.zeros((0, 1, 1))
 
     def run(do_ctf):
         finish_slices(
             F, crop_rows(w, s), sh, 1 / binning, ex, ey, gamma0, u2, env, const.k1 * dz, empty,
             empty, np.zeros(n, np.int64), dose, xr, np.zeros((0, 1), np.float32), do_ctf, -1.0,
-            data, weight,
+            packed,
         )  # fmt: skip
+        # the layout repeats row 0 after the last row and column sh-2 after the last column
+        assert np.array_equal(packed[:, s], packed[:, 0])
+        assert np.array_equal(packed[:, :, sh], packed[:, :, sh - 2])
+        return packed[:, :s, :sh, 0] + 1j * packed[:, :s, :sh, 1], packed[:, :s, :sh, 2]
 
-    run(True)
+    data, weight = run(True)
     x = np.arange(sh)[None, :]
     keep = x < xr[:, None]
     for i in range(n):
@@ -127,7 +130,7 @@ def test_finish_slices_equals_numpy_composition():
         assert np.allclose(data[i], np.where(keep, c * ref, 0), atol=2e-5)
         assert np.allclose(weight[i], np.where(keep, c * c, 0), atol=2e-6)
     # without CTF: only the contrast flip, no zeroing, unit weights
-    run(False)
+    data, weight = run(False)
     ref = fourier_crop(F[0].astype(np.complex128), binning) / binning * shift_phase(s, tx[0], ty[0])
     assert np.allclose(data[0], -ref, atol=2e-5)
     assert np.all(weight == 1.0)

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 from napari_subtomo_recon.core.geometry import euler_matrix, rot_y
-from napari_subtomo_recon.core.insertion import insert_slice, insert_slices, slice_matrices
+from napari_subtomo_recon.core.insertion import (
+    insert_slice,
+    insert_slices,
+    packed_slices,
+    slice_matrices,
+)
 
 
 def reference_insert(data, weight, Q, max_freq, s):
@@ -88,9 +93,8 @@ def test_identity_orientation_fills_the_central_plane_exactly():
     weight = np.ones((s, sh), np.float32)
     D = np.zeros((2, s, s, sh), np.complex128)
     W = np.zeros((2, s, s, sh))
-    insert_slices(
-        data[None], weight[None], np.eye(3)[None], np.array([s // 2]), np.array([1]), D, W
-    )
+    S = packed_slices(data[None], weight[None])
+    insert_slices(S, np.eye(3)[None], np.array([s // 2]), np.array([1]), D, W)
     assert np.all(D[0] == 0)
     plane = D[1, 0]
     y = np.arange(s)
@@ -126,7 +130,7 @@ def test_batch_equals_slice_by_slice_for_any_threads_and_blocks(block):
         numba.set_num_threads(threads)
         D = np.zeros((2, s, s, sh), complex)
         W = np.zeros((2, s, s, sh))
-        insert_slices(data, weight, Q, mf, half, D, W, block=block)
+        insert_slices(packed_slices(data, weight), Q, mf, half, D, W, block=block)
         results.append((D, W))
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     assert np.allclose(results[0][0], ref_D, atol=1e-6) and np.allclose(

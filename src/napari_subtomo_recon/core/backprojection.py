@@ -142,7 +142,7 @@ def backproject(
     rows = rows.astype(np.int64)
     w_shift = 2 * (ncols - 1)
     binned_px = ts.pixel_size * st.binning
-    per_window = win * win * 4 + win * (win // 2 + 1) * 8 + s * sh * 12
+    per_window = win * win * 4 + win * (win // 2 + 1) * 8 + s * sh * 16
     batch = max(1, int(st.batch_bytes // per_window))
     noise_empty = np.zeros((0, 1), np.float32)
     for f in range(fc):
@@ -183,13 +183,12 @@ def backproject(
             ty = (c2[:, 1] - oy) * to_binned - s // 2
             dz = ts.hand * ts.defocus_slope * ts.pixel_size * geo.depth[sel, f]
             ex, ey = shift_factors(s, w_shift, tx, ty)
-            data = np.empty((nb, s, sh), np.complex64)
-            weight = np.empty((nb, s, sh), np.float32)
+            packed = np.empty((nb, s + 1, sh + 1, 4), np.float32)
             finish_slices(
                 F, rows, ncols, inv_bin, ex, ey, gamma0, u2, envelope, const.k1 * dz,
                 terms.gamma_offset, terms.odd_phase,
                 group[sel], terms.dose[f], terms.x_ranges[f], noise,
-                st.do_ctf, -1.0, data, weight,
+                st.do_ctf, -1.0, packed,
             )  # fmt: skip
             del F
             B = scale_ratio * (P3[None] @ geo.rotation[sel])
@@ -197,10 +196,8 @@ def backproject(
             max_freq = np.full(nb, terms.x_ranges[f, 0], np.int64)
             # sub-batches whose slices fit in the last-level cache while a block of planes
             # is being filled
-            step = max(1, st.insert_bytes // (s * sh * 12))
+            step = max(1, st.insert_bytes // (s * sh * 16))
             for a in range(0, nb, step):
                 b = slice(a, a + step)
-                insert_slices(
-                    data[b], weight[b], Q[b], max_freq[b], half[sel][b], acc.data, acc.weight
-                )
+                insert_slices(packed[b], Q[b], max_freq[b], half[sel][b], acc.data, acc.weight)
             yield nb

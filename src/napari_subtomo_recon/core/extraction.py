@@ -165,8 +165,7 @@ def finish_slices(
     noise,
     do_ctf,
     sign,
-    out_data,
-    out_weight,
+    out,
 ):
     """Fourier crop, 1/bin, sub-pixel shift, CTF·dose premultiplication for a batch of slices.
 
@@ -178,14 +177,18 @@ def finish_slices(
     ``noise`` (s, sh) is the whitening filter or empty.
 
     With γ = gamma0 - beta·u2 (+ even Zernike) and CTF = -sin(γ)·envelope (|CTF| >= 1e-8):
-    ``out_data = sign·CTF·D·shift(crop(F))/bin`` for x < xr[y], else 0;
-    ``out_weight = (CTF·D)²`` (or 1 everywhere without CTF, as RELION's --no_ctf).
+    data = sign·CTF·D·shift(crop(F))/bin for x < xr[y], else 0;
+    weight = (CTF·D)² (or 1 everywhere without CTF, as RELION's --no_ctf).
+
+    ``out`` (n, s+1, sh+1, 4) float32 receives [Re data, Im data, weight, 0] per
+    sample, the layout the insertion reads (see :func:`~.insertion.packed_slices`):
+    row s repeats row 0 and column sh repeats column sh-2.
     ``ncols`` columns come from ``F``; beyond them the cropped data are zero (RELION's
     odd-window case, see :func:`cropped_width`).
     """
     n = F.shape[0]
-    s = out_data.shape[1]
-    sh = out_data.shape[2]
+    s = out.shape[1] - 1
+    sh = out.shape[2] - 1
     has_even = gamma_offset.shape[0] > 0
     has_odd = odd_phase.shape[0] > 0
     has_noise = noise.shape[0] > 0
@@ -199,8 +202,10 @@ def finish_slices(
             eyy = ey[i, y]
             for x in range(sh):
                 if x >= lim:
-                    out_data[i, y, x] = 0.0
-                    out_weight[i, y, x] = 0.0 if do_ctf else 1.0
+                    out[i, y, x, 0] = 0.0
+                    out[i, y, x, 1] = 0.0
+                    out[i, y, x, 2] = 0.0 if do_ctf else 1.0
+                    out[i, y, x, 3] = 0.0
                     continue
                 if x < ncols:
                     v = np.complex64((ex[i, x] * eyy) * (F[i, src, x] * fbin))
@@ -225,8 +230,12 @@ def finish_slices(
                 if has_noise:
                     v = v * noise[y, x]
                     wgt = wgt * noise[y, x]
-                out_data[i, y, x] = v
-                out_weight[i, y, x] = wgt
+                out[i, y, x, 0] = v.real
+                out[i, y, x, 1] = v.imag
+                out[i, y, x, 2] = wgt
+                out[i, y, x, 3] = 0.0
+            out[i, y, sh] = out[i, y, sh - 2]
+        out[i, s] = out[i, 0]
 
 
 def shift_factors(s: int, w: int, tx, ty) -> tuple[np.ndarray, np.ndarray]:

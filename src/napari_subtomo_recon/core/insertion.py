@@ -24,46 +24,32 @@ PLANES_PER_BLOCK = 2
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _sample(data, weight, qx, qy, wh, h, Dz, Wz, y, x, c):
-    if qx >= 0.0:
-        xd = qx
-        yd = qy
-        conj = False
-    else:
-        xd = -qx
-        yd = -qy
-        conj = True
+def _sample(S, qx, qy, h, Dz, Wz, y, x, c):
+    # S: (h+1, wh+1, 4) float32 [re, im, w, 0]; row h repeats row 0 (y wraps), column wh
+    # repeats column wh-2 (RELION's last-column quirk)
+    sg = 1.0 if qx >= 0.0 else -1.0
+    xd = qx * sg
+    yd = qy * sg
     if yd < 0.0:
         yd += h
     x0 = int(xd)
     y0 = int(yd)
     xf = xd - x0
     yf = yd - y0
-    if x0 >= wh:
-        x0 = wh - 1
-    x1 = x0 + 1
-    if x1 >= wh:
-        x1 = wh - 2
-    if y0 >= h:
-        y0 = h - 1
-    y1 = y0 + 1
-    if y1 >= h:
-        y1 = 0
-    a = (1.0 - xf) * (1.0 - yf)
-    b = xf * (1.0 - yf)
-    cc = (1.0 - xf) * yf
-    d = xf * yf
-    v00 = data[y0, x0]
-    v01 = data[y0, x1]
-    v10 = data[y1, x0]
-    v11 = data[y1, x1]
-    re = a * v00.real + b * v01.real + cc * v10.real + d * v11.real
-    im = a * v00.imag + b * v01.imag + cc * v10.imag + d * v11.imag
-    if conj:
-        im = -im
-    wv = a * weight[y0, x0] + b * weight[y0, x1] + cc * weight[y1, x0] + d * weight[y1, x1]
-    Dz[y, x] += complex(c * re, c * im)
-    Wz[y, x] += c * wv
+    y0 = min(y0, h - 1)
+    cy0 = c * (1.0 - yf)
+    cy1 = c * yf
+    a = np.float32((1.0 - xf) * cy0)
+    b = np.float32(xf * cy0)
+    cc = np.float32((1.0 - xf) * cy1)
+    d = np.float32(xf * cy1)
+    r0 = S[y0]
+    r1 = S[y0 + 1]
+    re = a * r0[x0, 0] + b * r0[x0 + 1, 0] + cc * r1[x0, 0] + d * r1[x0 + 1, 0]
+    im = a * r0[x0, 1] + b * r0[x0 + 1, 1] + cc * r1[x0, 1] + d * r1[x0 + 1, 1]
+    wv = a * r0[x0, 2] + b * r0[x0 + 1, 2] + cc * r1[x0, 2] + d * r1[x0 + 1, 2]
+    Dz[y, x] += complex(re, sg * im)
+    Wz[y, x] += wv
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -77,7 +63,7 @@ def _range(lo_num, hi_num, den):
 
 
 @njit(cache=True, nogil=True)
-def insert_slice_planes(data, weight, Q, R, D, W, zlo, zhi):
+def insert_slice_planes(S, Q, R, D, W, zlo, zhi):
     """Insert one slice into the planes of signed frequency zlo..zhi (inclusive) of D, W.
 
     The voxels visited are exactly RELION's (|q_z| < 1, x <= sqrt(R² - y² - z²),
@@ -86,8 +72,8 @@ def insert_slice_planes(data, weight, Q, R, D, W, zlo, zhi):
     """
     s = D.shape[0]
     sh = D.shape[2]
-    h2 = data.shape[0]
-    wh2 = data.shape[1]
+    h2 = S.shape[0] - 1
+    wh2 = S.shape[1] - 1
     ylim = h2 // 2 + 1
     R2 = R * R
     nx, ny, nz = Q[2, 0], Q[2, 1], Q[2, 2]
@@ -140,7 +126,7 @@ def insert_slice_planes(data, weight, Q, R, D, W, zlo, zhi):
                     qy = Q[1, 0] * x + Q[1, 1] * yy + Q[1, 2] * zz
                     if abs(qx) < wh2 and abs(qy) < ylim:
                         zi = zz + s if zz < 0 else zz
-                        _sample(data, weight, qx, qy, wh2, h2, D[zi], W[zi], yi, x, 1.0 - abs(qz))
+                        _sample(S, qx, qy, h2, D[zi], W[zi], yi, x, 1.0 - abs(qz))
     elif ay >= ax:
         for zz in range(zlo, zhi + 1):
             zi = zz + s if zz < 0 else zz
@@ -166,7 +152,7 @@ def insert_slice_planes(data, weight, Q, R, D, W, zlo, zhi):
                     qy = Q[1, 0] * x + Q[1, 1] * yy + Q[1, 2] * zz
                     if abs(qx) < wh2 and abs(qy) < ylim:
                         yi = yy + s if yy < 0 else yy
-                        _sample(data, weight, qx, qy, wh2, h2, Dz, Wz, yi, x, 1.0 - abs(qz))
+                        _sample(S, qx, qy, h2, Dz, Wz, yi, x, 1.0 - abs(qz))
     else:
         for zz in range(zlo, zhi + 1):
             zi = zz + s if zz < 0 else zz
@@ -192,13 +178,13 @@ def insert_slice_planes(data, weight, Q, R, D, W, zlo, zhi):
                     qx = Q[0, 0] * x + Q[0, 1] * yy + Q[0, 2] * zz
                     qy = Q[1, 0] * x + Q[1, 1] * yy + Q[1, 2] * zz
                     if abs(qx) < wh2 and abs(qy) < ylim:
-                        _sample(data, weight, qx, qy, wh2, h2, Dz, Wz, yi, x, 1.0 - abs(qz))
+                        _sample(S, qx, qy, h2, Dz, Wz, yi, x, 1.0 - abs(qz))
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _insert_batch(data, weight, Q, max_freq, half, D, W, block, T):
+def _insert_batch(S, Q, max_freq, half, D, W, block, T):
     s = D.shape[1]
-    n = data.shape[0]
+    n = S.shape[0]
     nb = (s + block - 1) // block
     for t in prange(T):
         for b in range(t, nb, T):
@@ -216,23 +202,46 @@ def _insert_batch(data, weight, Q, max_freq, half, D, W, block, T):
                     continue
                 for i in range(n):
                     h = half[i]
-                    insert_slice_planes(
-                        data[i], weight[i], Q[i], max_freq[i], D[h], W[h], a0 + off, a1 - 1 + off
-                    )
+                    insert_slice_planes(S[i], Q[i], max_freq[i], D[h], W[h], a0 + off, a1 - 1 + off)
 
 
-def insert_slices(data, weight, Q, max_freq, half, D, W, block: int = PLANES_PER_BLOCK) -> None:
-    """Insert a batch of slices (n, s, sh) with matrices Q (n, 3, 3) into D, W (2, s, s, sh)."""
+def packed_slices(data: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """(n, s, sh) data and weights -> the (n, s+1, sh+1, 4) float32 layout the kernel reads.
+
+    [Re, Im, weight, 0] per sample, so one bilinear corner is one 16-byte load; row s
+    repeats row 0 (y wraps) and column sh repeats column sh-2 (RELION's last-column
+    quirk), so the kernel needs no index clamps.  ``extraction.finish_slices`` writes
+    this layout directly.
+    """
+    data = np.asarray(data)
+    n, h, wh = data.shape
+    S = np.zeros((n, h + 1, wh + 1, 4), np.float32)
+    S[:, :h, :wh, 0] = data.real
+    S[:, :h, :wh, 1] = data.imag
+    S[:, :h, :wh, 2] = weight
+    S[:, :h, wh] = S[:, :h, wh - 2]
+    S[:, h] = S[:, 0]
+    return S
+
+
+def insert_slices(S, Q, max_freq, half, D, W, block: int = PLANES_PER_BLOCK) -> None:
+    """Insert packed slices S (n, s+1, s//2+2, 4) with matrices Q (n, 3, 3) into D, W.
+
+    D and W are (2, s, s, s//2+1): [half, z, y, x].
+    """
     # the kernel does not check bounds: refuse mismatched shapes here
-    n = data.shape[0]
+    n = S.shape[0]
     if D.ndim != 4 or D.shape[0] != 2 or W.shape != D.shape or D.shape[1] != D.shape[2]:
         raise ValueError(f"accumulators must be (2, s, s, s//2+1), got {D.shape} and {W.shape}")
-    if data.shape != weight.shape or data.ndim != 3 or data.shape[2] != data.shape[1] // 2 + 1:
-        raise ValueError(f"slices must be (n, s, s//2+1), got {data.shape} and {weight.shape}")
+    s = D.shape[1]
+    if S.ndim != 4 or S.shape[1:] != (s + 1, s // 2 + 2, 4) or S.dtype != np.float32:
+        raise ValueError(
+            f"slices must be float32 (n, {s + 1}, {s // 2 + 2}, 4), got {S.shape} {S.dtype}"
+        )
     if len(Q) != n or len(max_freq) != n or len(half) != n or (n and np.max(half) > 1):
         raise ValueError("Q, max_freq and half need one entry per slice; half is 0 or 1")
     _insert_batch(
-        data, weight, np.ascontiguousarray(Q, dtype=np.float64),
+        S, np.ascontiguousarray(Q, dtype=np.float64),
         np.asarray(max_freq, np.int64), np.asarray(half, np.int64), D, W, block,
         numba.get_num_threads(),
     )  # fmt: skip
@@ -241,15 +250,9 @@ def insert_slices(data, weight, Q, max_freq, half, D, W, block: int = PLANES_PER
 def insert_slice(data, weight, Q, max_freq, D, W) -> None:
     """Insert one slice (s, sh) into one half set's D, W (s, s, sh)."""
     s = D.shape[0]
+    S = packed_slices(np.asarray(data)[None], np.asarray(weight)[None])[0]
     insert_slice_planes(
-        data,
-        weight,
-        np.ascontiguousarray(Q, np.float64),
-        int(max_freq),
-        D,
-        W,
-        -(s // 2),
-        s // 2 - 1,
+        S, np.ascontiguousarray(Q, np.float64), int(max_freq), D, W, -(s // 2), s // 2 - 1
     )
 
 
