@@ -276,6 +276,17 @@ def fast_window(box: int, binning: float, oversampling: float = 1.5) -> tuple[in
     return s02d // g, window // g, window
 
 
+def _fast_size(n: int, multiple: int) -> int:
+    """The smallest n' >= n that is a multiple of ``multiple`` and quick to transform.
+
+    Sizes with large prime factors make the FFT many times slower (4868 = 4·1217).
+    """
+    m = sfft.next_fast_len(n, real=True)
+    while m % multiple:
+        m = sfft.next_fast_len(m + 1, real=True)
+    return m
+
+
 def bin_image(
     img: np.ndarray, num: int, den: int, margin: int = 0, workers: int = 1
 ) -> tuple[np.ndarray, int]:
@@ -291,7 +302,7 @@ def bin_image(
         return np.ascontiguousarray(img, dtype=np.float32), 0
     pad = -(-margin // num) * num
     H, W = img.shape
-    Hp, Wp = -(-(H + 2 * pad) // num) * num, -(-(W + 2 * pad) // num) * num
+    Hp, Wp = _fast_size(H + 2 * pad, num), _fast_size(W + 2 * pad, num)
     img = np.pad(img, ((pad, Hp - H - pad), (pad, Wp - W - pad)), mode="edge")
     hb, wb = Hp // num * den, Wp // num * den
     # pruned 2D transform: the column transform only for the columns that are kept
