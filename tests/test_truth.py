@@ -51,7 +51,7 @@ def test_fast_path_agrees_with_exact_path_and_truth(tmp_path, monkeypatch):
     )  # fmt: skip
     flags = ("--b", "32", "--bin", "4")
     reconstruct(ds.root, monkeypatch, *flags, "--exact", out="exact")
-    reconstruct(ds.root, monkeypatch, *flags, out="fast")
+    reconstruct(ds.root, monkeypatch, *flags, "--prebin", "always", out="fast")
     truth = mrcfile.read(ds.ground_truth)
     for name in ("merged", "half1", "half2"):
         a = mrcfile.read(ds.root / "exact" / f"{name}.mrc")

@@ -48,6 +48,7 @@ Reconstruction:
   --no_circle_crop    no circular mask on the 2D particle images
   --cutoff_fract X    ignore frequencies whose dose weight is below X       [0.01]
   --exact             RELION's per-particle extraction (slower; the fast path is the default)
+  --prebin MODE       fast path: bin each tilt once first: auto (when it pays off), always, never
 Running:
   --j N               threads                                                   [6]
   --j_in N, --j_out N accepted for compatibility; --j sets the threads           [3, 2]

@@ -57,6 +57,7 @@ class ReconstructParams:
     pipeline_control: str = ""
     theme: str = ""
     exact: bool = False  # RELION's per-particle bin*box extraction (otherwise the fast path)
+    prebin: str = "auto"  # fast path: bin whole tilts first: auto (when it pays off), always, never
     ignore_unknown_tomograms: bool = False  # RELION's behaviour: drop such particles, warn
 
     def validate(self) -> None:
@@ -79,6 +80,8 @@ class ReconstructParams:
             raise InputError(
                 f"--crop {self.crop}: the cropped box must not exceed the box (--b {self.b})"
             )
+        if self.prebin not in ("auto", "always", "never"):
+            raise InputError(f"--prebin {self.prebin}: must be auto, always or never")
         if self.nr_helical_asu < 1:
             raise InputError(f"--nr_helical_asu {self.nr_helical_asu}: must be at least 1")
         if self.taper < 0:
@@ -388,6 +391,7 @@ def run(
         cutoff_fract=float(params.cutoff_fract),
         whiten=bool(params.whiten),
         exact=bool(params.exact),
+        prebin=params.prebin,
         threads=threads,
     )
     px0 = inp.tomograms.tomograms[0].pixel_size
