@@ -205,7 +205,7 @@ _RANK = 0
 def mpi_communicator():
     """MPI.COMM_WORLD when started by mpirun with more than one rank, else None."""
     size = 1
-    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS"):
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
         if os.environ.get(var, "").isdigit():
             size = int(os.environ[var])
             break
