@@ -111,3 +111,42 @@ def test_a_failing_rank_stops_every_rank_without_outputs(tmp_path):
     assert errors and all("rank 1" in ln for ln in errors), r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "job" / "merged.mrc").exists()
+
+
+def test_sigterm_under_mpirun_cancels_every_rank(tmp_path):
+    """A cancel on one rank is a cancel (exit 3, RELION_JOB_EXIT_ABORTED), not a failure."""
+    import signal
+
+    launcher = mpirun()
+    slow = tmp_path / "slow.py"  # the real program, slowed down so it can be caught mid-run
+    slow.write_text(
+        "import sys, time\n"
+        "import napari_subtomo_recon.core.backprojection as bp\n"
+        "_insert = bp.insert_slices\n"
+        "def insert(*a, **k):\n"
+        "    time.sleep(0.05)\n"
+        "    return _insert(*a, **k)\n"
+        "bp.insert_slices = insert\n"
+        "from napari_subtomo_recon.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    out = tmp_path / "job"
+    env = dict(os.environ, PYTHONPATH=SRC, SUBTOMO_PROGRESS="json")
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    cmd = [*launcher, "-n", "2", sys.executable, str(slow), *FLAGS, "--o", str(out) + "/",
+           "--pipeline_control", str(out) + "/"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=INPUTS / "r5", env=env, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if '"stage": "backprojecting"' in line and '"done": 0' not in line:
+            break
+    # what a scheduler does: SIGTERM to the processes of the job
+    for pid in subprocess.run(
+        ["pgrep", "-f", str(slow)], capture_output=True, text=True
+    ).stdout.split():
+        os.kill(int(pid), signal.SIGTERM)
+    rest = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert (out / "RELION_JOB_EXIT_ABORTED").exists(), rest
+    assert not (out / "RELION_JOB_EXIT_FAILURE").exists()
+    assert not (out / "merged.mrc").exists()
+    assert "Traceback" not in rest

@@ -139,6 +139,8 @@ def _progress_bar(total_hint: int = 0):
 
 
 def _terminate(signum, frame):
+    # one cancel is enough: mpirun forwards a second SIGTERM to ranks already stopping
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Cancelled(f"stopped by signal {signum}")
 
 
@@ -225,7 +227,7 @@ def _json_progress(p) -> None:
     """One line per update for a parent process (the napari widget) to parse."""
     rec = {"stage": p.stage, "done": p.done, "total": p.total, "tomogram": p.tomogram,
            "tomogram_index": p.tomogram_index, "tomogram_count": p.tomogram_count,
-           "message": p.message}  # fmt: skip
+           "message": p.message, "voxel_size": p.voxel_size}  # fmt: skip
     print("@progress " + json.dumps(rec), file=sys.stderr, flush=True)
 
 

@@ -525,11 +525,15 @@ def _agree(comm, err: BaseException | None) -> None:
         if err is not None:
             raise err
         return
-    msgs = comm.allgather(None if err is None else str(err))
+    from .errors import Cancelled
+
+    msgs = comm.allgather(None if err is None else (isinstance(err, Cancelled), str(err)))
+    if any(m is not None and m[0] for m in msgs):  # a cancel anywhere cancels everywhere
+        raise Cancelled(next(m[1] for m in msgs if m is not None and m[0])) from err
     for r, m in enumerate(msgs):
         if m is not None:
             # every rank stops with the first failing rank's message
-            raise InputError(f"MPI rank {r}: {m}") from err
+            raise InputError(f"MPI rank {r}: {m[1]}") from err
 
 
 def _reduce(comm, D: np.ndarray, W: np.ndarray):
@@ -797,9 +801,30 @@ def write_outputs(
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
         raise
-    for tmp, final in staged:
-        os.replace(tmp, final)
+    # a signal between two renames would leave a mix of new and old maps: hold it
+    blocked = _block_signals()
+    try:
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    finally:
+        _unblock_signals(blocked)
     return files
+
+
+def _block_signals():
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+
+
+def _unblock_signals(old) -> None:
+    import signal
+
+    if old is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def run_to_completion(params: ReconstructParams, on_progress=None, **kwargs) -> Result:
