@@ -89,14 +89,7 @@ def test_open_job_folder_and_optimisation_set(make_napari_viewer, dataset, tmp_p
     }  # fmt: skip
     js.write_job_star(job_dir, js.JobStar(options=js.job_star_values(values)))
     params, _ = js.params_from_values(values)
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        run_to_completion(params)
-    finally:
-        os.chdir(cwd)
+    run_to_completion(params, root=str(project))
     layers = viewer.open(job_dir, plugin="napari-subtomo-recon")
     assert [lay.name for lay in layers] == ["job050 merged", "job050 half1", "job050 half2"]
     assert layers[0].rendering == "iso" and not layers[1].visible

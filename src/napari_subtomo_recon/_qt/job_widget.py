@@ -1,7 +1,11 @@
-"""The "Reconstruct particle" dock widget: RELION's job tabs, Run/Cancel, maps and FSC.
+"""The "Reconstruct particle" dock widget: RELION's job tabs, Run/Continue/Cancel, maps, FSC.
 
 A view on :mod:`napari_subtomo_recon.io.jobstar` (fields, command, job.star) and on
 :mod:`napari_subtomo_recon.job` (the run itself, through :mod:`.runner`).
+
+**Continue!** has the meaning of RELION's button: it runs the job again in its own folder
+with ``--only_do_unfinished`` (``rlnJobIsContinue 1`` in job.star, the command appended
+to note.txt), so a cancelled or crashed job resumes from its per-tomogram checkpoints.
 """
 
 from __future__ import annotations
@@ -44,6 +48,29 @@ ERROR_STYLE = "color: #ff6b6b;"
 INVALID_FIELD_STYLE = "border: 1px solid #ff6b6b;"
 
 
+def has_checkpoints(job_dir: Path) -> bool:
+    """Per-tomogram checkpoints of an unfinished run (``<job>/temp/``)."""
+    try:
+        return any((Path(job_dir) / "temp").glob("checkpoint_rank*.json"))
+    except OSError:
+        return False
+
+
+def can_continue(job_dir: Path) -> bool:
+    """Continue! is possible: the job folder exists and has checkpoints or no final maps."""
+    job_dir = Path(job_dir)
+    return job_dir.is_dir() and (has_checkpoints(job_dir) or not (job_dir / "merged.mrc").exists())
+
+
+def was_interrupted(job_dir: Path) -> bool:
+    """A job that ran (note.txt, a status file or checkpoints) and did not finish."""
+    job_dir = Path(job_dir)
+    if not can_continue(job_dir) or (job_dir / "RELION_JOB_EXIT_SUCCESS").exists():
+        return False
+    ran = ("note.txt", "RELION_JOB_EXIT_FAILURE", "RELION_JOB_EXIT_ABORTED")
+    return has_checkpoints(job_dir) or any((job_dir / f).exists() for f in ran)
+
+
 def _warm_up_napari() -> None:
     """Make a throw-away 3D image layer now: napari's first layer loads pint's unit
     registry and more (~1 s), which would otherwise freeze the GUI when the first live
@@ -77,6 +104,7 @@ class ReconstructParticleWidget(QWidget):
         self._updating = False
         self._pbar = None
         self._running_job: Path | None = None
+        self._running_command: str | None = None
         self._fsc_dock = None
 
         self.setMinimumWidth(460)
@@ -103,10 +131,14 @@ class ReconstructParticleWidget(QWidget):
             scroll.setWidget(c.native)
             self.tabs.addTab(scroll, tab)
 
+        self.command_label = QLabel("Command:")
         self.command_view = QPlainTextEdit()
         self.command_view.setReadOnly(True)
         self.command_view.setMaximumHeight(90)
-        self.command_view.setToolTip("The equivalent command line (run from the project folder)")
+        self.command_view.setToolTip(
+            "The equivalent command line (run from the project folder); while a job runs, "
+            "the command it runs"
+        )
         self.message = QLabel("")
         self.message.setWordWrap(True)
         self.message.setStyleSheet(ERROR_STYLE)
@@ -114,11 +146,20 @@ class ReconstructParticleWidget(QWidget):
         self.load_button = QPushButton("Load job.star…")
         self.save_button = QPushButton("Save job.star…")
         self.run_button = QPushButton("Run!")
+        self.continue_button = QPushButton("Continue!")
         self.cancel_button = QPushButton("Cancel")
         self.load_button.setToolTip("Fill the fields from a RELION job.star")
         self.save_button.setToolTip("Write these settings as a RELION job.star")
         self.run_button.setToolTip("Write job.star and note.txt into the job folder and run")
-        self.cancel_button.setToolTip("Stop the running job; no maps are written")
+        self.continue_button.setToolTip(
+            "Run the job again in its output job folder with --only_do_unfinished: it "
+            "resumes from the checkpoint of the last finished tomogram (after a cancel or a "
+            "crash). Possible when the folder exists and has checkpoints or no final maps."
+        )
+        self.cancel_button.setToolTip(
+            "Stop the running job; no maps are written (Continue! resumes it later)"
+        )
+        self.continue_button.setEnabled(False)
         self.cancel_button.setEnabled(False)
 
         self.status = QLabel("Ready")
@@ -129,11 +170,14 @@ class ReconstructParticleWidget(QWidget):
         self.fsc_plot = FscPlot()
 
         buttons = QHBoxLayout()
-        for b in (self.load_button, self.save_button, self.run_button, self.cancel_button):
+        for b in (
+            self.load_button, self.save_button, self.run_button, self.continue_button,
+            self.cancel_button,
+        ):  # fmt: skip
             buttons.addWidget(b)
         layout = QVBoxLayout(self)
         layout.addWidget(self.tabs)
-        layout.addWidget(QLabel("Command:"))
+        layout.addWidget(self.command_label)
         layout.addWidget(self.command_view)
         layout.addWidget(self.message)
         layout.addLayout(buttons)
@@ -153,6 +197,7 @@ class ReconstructParticleWidget(QWidget):
         self.load_button.clicked.connect(self._load_dialog)
         self.save_button.clicked.connect(self._save_dialog)
         self.run_button.clicked.connect(self.run)
+        self.continue_button.clicked.connect(self.continue_job)
         self.cancel_button.clicked.connect(self.cancel)
         for name, w in self.fields.items():
             w.changed.connect(lambda *_, n=name: self._on_changed(n))
@@ -234,6 +279,16 @@ class ReconstructParticleWidget(QWidget):
             self.fields[name].native.setStyleSheet("" if msg is None else INVALID_FIELD_STYLE)
         self._refresh()
 
+    def _select_job(self, job_dir: Path) -> None:
+        """Make ``job_dir`` the output job folder (no longer the next free one)."""
+        self._updating = True
+        try:
+            rel = relative_to(job_dir, self.project()).rstrip("/") + "/"
+            self.fields["output_dir"].value = rel
+        finally:
+            self._updating = False
+        self._output_auto = False
+
     def _set_output_auto(self) -> None:
         self._updating = True
         try:
@@ -244,6 +299,9 @@ class ReconstructParticleWidget(QWidget):
 
     def _refresh(self) -> None:
         """Show the command line and the first problem with the settings."""
+        self._update_buttons()
+        if self._running_command is not None:
+            return  # the command view shows the running job's command
         try:
             self.command_view.setPlainText(str(self.command()))
         except InputError as e:
@@ -253,9 +311,23 @@ class ReconstructParticleWidget(QWidget):
         msg = self.check()
         self.message.setText(msg or "")
 
+    def _update_buttons(self) -> None:
+        running = self.runner.running
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running and not self.runner.cancelling)
+        try:
+            ok = not running and can_continue(self.job_dir())
+        except (OSError, ValueError):
+            ok = False
+        self.continue_button.setEnabled(ok)
+
     # ------------------------------------------------------------------ loading / saving
     def load_job_star(self, path) -> bool:
-        """Fill the fields from a RELION job.star; the job gets the next free job folder."""
+        """Fill the fields from a RELION job.star.
+
+        The output is the next free job folder, except for a job that ran and did not
+        finish (cancelled, crashed): that folder stays selected, for Continue!.
+        """
         try:
             job = jobstar.read_job_star(path)
             values, notes = jobstar.values_from_job_star(job)
@@ -264,9 +336,14 @@ class ReconstructParticleWidget(QWidget):
             return False
         file = Path(path)
         file = file / "job.star" if file.is_dir() else file
-        values["project_dir"] = str(project_for(file))
+        project = project_for(file)
+        values["project_dir"] = str(project)
         notes += self.set_values(values)
-        self._set_output_auto()
+        if self.runner.running or not was_interrupted(file.parent):
+            self._set_output_auto()
+        else:
+            self._select_job(file.parent)
+            notes.append(f"{file.parent.name} did not finish: Continue! resumes it")
         self._refresh()
         self._info(f"loaded {file}" + ("; " + "; ".join(notes) if notes else ""))
         return True
@@ -337,22 +414,38 @@ class ReconstructParticleWidget(QWidget):
     # ------------------------------------------------------------------ running
     def run(self) -> bool:
         """Check the settings, write job.star and note.txt, and start the job."""
+        return self._start(is_continue=False)
+
+    def continue_job(self) -> bool:
+        """RELION's Continue!: the job again in its own folder, with --only_do_unfinished.
+
+        It resumes from the per-tomogram checkpoints in ``<job>/temp/``; job.star gets
+        ``rlnJobIsContinue 1`` and note.txt the command.
+        """
+        return self._start(is_continue=True)
+
+    def _start(self, is_continue: bool) -> bool:
         if self.runner.running:
             self._error("a job is running: cancel it first")
             return False
         values = self.values()
         project = self.project()
-        msg = jobstar.check_values(values, project)
+        out_rel = str(values["output_dir"]).strip()
+        job_dir = project / out_rel
+        if is_continue and not can_continue(job_dir):
+            why = "has finished maps" if job_dir.is_dir() else "does not exist"
+            self._error(f"Continue: the job folder {out_rel} {why}; nothing to continue")
+            return False
+        msg = jobstar.check_values(values, project, is_continue)
         if msg:
             self._error(msg)
             return False
         try:
-            params, cmd = jobstar.params_from_values(values)
-            out_rel = str(values["output_dir"]).strip()
-            job_dir = project / out_rel
+            params, cmd = jobstar.params_from_values(values, is_continue)
             job_dir.mkdir(parents=True, exist_ok=True)
+            options = jobstar.job_star_values(values)
             jobstar.write_job_star(
-                job_dir, jobstar.JobStar(options=jobstar.job_star_values(values))
+                job_dir, jobstar.JobStar(is_continue=is_continue, options=options)
             )
             jobstar.clear_status(job_dir)
             if cmd.queue:
@@ -364,7 +457,8 @@ class ReconstructParticleWidget(QWidget):
         self.last_error = None
         self.last_outcome = None
         self._running_job = job_dir
-        self._start_progress(job_dir)
+        self._show_running_command(cmd, is_continue)
+        self._start_progress(job_dir, "continuing…" if is_continue else "starting…")
         if cmd.nr_mpi > 1 or self.use_subprocess:
             self.runner.submit(run_subprocess, subprocess_argv(cmd), str(project), str(job_dir))
         else:
@@ -385,9 +479,16 @@ class ReconstructParticleWidget(QWidget):
         jobstar.append_note(job_dir, [str(cmd)])
         argv = [*shlex.split(str(values["qsub"])), script_rel]
         self._running_job = job_dir
+        self._show_running_command(cmd, "--only_do_unfinished" in cmd.args)
         self._start_progress(job_dir, busy="submitting to the queue…")
         self.runner.submit(submit_to_queue, argv, str(project), str(job_dir))
         return True
+
+    def _show_running_command(self, cmd, is_continue: bool) -> None:
+        self._running_command = str(cmd)
+        self.command_label.setText("Continuing with:" if is_continue else "Running:")
+        self.command_view.setPlainText(self._running_command)
+        self.message.setText("")
 
     def cancel(self) -> None:
         if self.runner.running:
@@ -397,6 +498,7 @@ class ReconstructParticleWidget(QWidget):
 
     def _start_progress(self, job_dir: Path, busy: str = "starting…") -> None:
         self.run_button.setEnabled(False)
+        self.continue_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         # no busy (indeterminate) bars: their animation makes Qt recomposite the window,
         # and with software OpenGL that steals the CPU from the job
@@ -417,8 +519,9 @@ class ReconstructParticleWidget(QWidget):
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self._running_command = None
+        self.command_label.setText("Command:")
+        self._update_buttons()
 
     def _on_progress(self, update) -> None:
         try:
@@ -432,7 +535,7 @@ class ReconstructParticleWidget(QWidget):
                     f"{p.done}/{p.total} particle-tilts"
                 )
             elif p.stage == "reading":
-                text = "Reading the inputs…"
+                text = f"Reading the inputs: {p.message}…" if p.message else "Reading the inputs…"
             else:
                 text = p.message or p.stage
             self.status.setText(text)
@@ -443,7 +546,7 @@ class ReconstructParticleWidget(QWidget):
                     self._pbar.update(p.done - self._pbar.n)
                 self._pbar.set_description(f"{self._running_job.name}: {p.stage}")
             if p.preview is not None:
-                self._show_map("merged", p.preview, update.voxel_size, True, update.levels)
+                self._show_map("merged", p.preview, p.voxel_size, True, update.levels)
         except Exception as e:  # a display hiccup must never stop the job
             self.status.setText(f"display error: {e}")
 
@@ -451,6 +554,7 @@ class ReconstructParticleWidget(QWidget):
         self.last_outcome = outcome
         self._close_progress()
         job = self._running_job
+        finished = outcome.status in ("ok", "submitted")
         try:
             if outcome.status == "ok":
                 self._show_results(outcome)
@@ -461,17 +565,26 @@ class ReconstructParticleWidget(QWidget):
                 self._remove_maps(job)
                 self.progress_bar.setRange(0, 1)
                 self.progress_bar.setValue(0)
-                self.status.setText(f"{job.name if job else 'job'}: {outcome.message}")
+                text = f"{job.name if job else 'job'}: {outcome.message}"
+                if job is not None and can_continue(job):
+                    text += "; Continue! resumes it"
+                self.status.setText(text)
                 self._info(f"Reconstruct particle {outcome.message}")
             else:
                 self._remove_maps(job)
-                self.status.setText(f"Failed: {outcome.message}")
+                text = f"Failed: {outcome.message}"
+                if job is not None and has_checkpoints(job):
+                    text += " (Continue! resumes from the last finished tomogram)"
+                self.status.setText(text)
                 self._error(outcome.message)
         except Exception as e:
             self._error(f"cannot show the results: {e}")
         finally:
             self._running_job = None
-            self._set_output_auto()  # the next run is a new job, as in RELION
+            if finished or job is None:
+                self._set_output_auto()  # the next run is a new job, as in RELION
+            else:  # the interrupted job stays selected, for Continue!
+                self._select_job(job)
             self._refresh()
 
     # ------------------------------------------------------------------ results

@@ -4,7 +4,12 @@ The work functions are generators for napari's ``create_worker``: they yield
 :class:`Update` (progress, sometimes a preview map) and return an :class:`Outcome`.
 Cancelling sets a ``threading.Event`` that the work function checks between steps: it
 then closes the job generator itself (so nothing is left half done and no maps are
-written) or terminates the subprocess' process group.
+written) or terminates the subprocess' process group (``subtomo-recon`` turns SIGTERM
+into a cancel: exit code 3, ``RELION_JOB_EXIT_ABORTED``, no maps).
+
+The in-process job runs with ``root=<project folder>``: relative paths (flags and paths
+inside STAR files) are resolved against it, so napari's working directory never changes
+and jobs of different projects can run side by side.
 
 :class:`JobRunner` follows napari-cryoet-data-portal's task pattern: every submit gets
 a task id, a new submit cancels the previous task, and signals of stale tasks are
@@ -34,16 +39,12 @@ from qtpy.QtCore import QObject, Signal
 from ..errors import Cancelled, InputError
 from ..io.jobstar import STATUS_FILES, mark_status
 
-# The in-process job must run in the project folder (RELION resolves STAR-file paths
-# against the working directory); one job at a time may change it.
-_CWD_LOCK = threading.Lock()
 PROGRESS_INTERVAL = 0.05  # s between progress updates sent to the GUI
 
 
 @dataclass
 class Update:
-    progress: object  # job.Progress
-    voxel_size: float | None = None
+    progress: object  # job.Progress (its voxel_size scales the preview)
     levels: tuple | None = None  # display levels of progress.preview, computed here
 
 
@@ -61,6 +62,7 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
     elapsed: float = 0.0
     detail: str = ""  # traceback of unexpected errors
+    pid: int | None = None  # of a subprocess run: also its session and process group id
 
 
 def _one_line(e: BaseException) -> str:
@@ -68,13 +70,16 @@ def _one_line(e: BaseException) -> str:
     return text[0] if text else e.__class__.__name__
 
 
-def _read_maps(job_dir: Path, outcome: Outcome) -> Outcome:
-    """merged/half1/half2 of a finished job, and their FSC when it is not known yet."""
+def _read_maps(job_dir: Path, outcome: Outcome, files: dict | None = None) -> Outcome:
+    """merged/half1/half2 of a finished job, and their FSC when it is not known yet.
+
+    ``files``: the job's ``Result.files`` (paths joined with the project folder).
+    """
     from .._reader import display_levels
     from ..io.mrc import read_map
 
     for tag in ("merged", "half1", "half2"):
-        p = job_dir / f"{tag}.mrc"
+        p = Path(files[tag]) if files and tag in files else job_dir / f"{tag}.mrc"
         if p.is_file():
             outcome.maps[tag] = read_map(p)
             outcome.levels[tag] = display_levels(outcome.maps[tag][0])
@@ -91,16 +96,27 @@ def _read_maps(job_dir: Path, outcome: Outcome) -> Outcome:
     return outcome
 
 
-def _voxel_size(params) -> float | None:
-    """Binned voxel size, for scaling the live preview (the job reports it only at the end)."""
-    try:
-        from ..io import read_tomogram_set, resolve_inputs
+class _Throttle:
+    """Pass a progress report to the GUI when the stage or tomogram changes, or after
+    PROGRESS_INTERVAL (the job reports every tilt image while reading and backprojecting)."""
 
-        opt = resolve_inputs(params.i, params.p, params.t, params.mot)
-        tomos = read_tomogram_set(opt.tomograms, check_images=False)
-        return float(tomos.tomograms[0].pixel_size) * float(params.bin)
-    except Exception:
-        return None
+    def __init__(self):
+        self.last = -1e9
+        self.key = None
+
+    def __call__(self, p) -> bool:
+        now = time.perf_counter()
+        key = (p.stage, p.tomogram_index, p.tomogram, p.message)
+        if key != self.key or now - self.last > PROGRESS_INTERVAL:
+            self.key, self.last = key, now
+            return True
+        return False
+
+
+def _mark_unless_reported(job_dir: Path, status: str) -> None:
+    """Write RELION's exit-status file unless the job (the CLI) already wrote one."""
+    if not any((job_dir / f).exists() for f in STATUS_FILES):
+        mark_status(job_dir, status)
 
 
 def run_in_process(params, project: str, command: str, preview_interval, cancel):
@@ -111,58 +127,54 @@ def run_in_process(params, project: str, command: str, preview_interval, cancel)
     project = Path(project)
     job_dir = project / params.o
     t0 = time.perf_counter()
-    with _CWD_LOCK:
-        old = os.getcwd()
-        gen = None
-        try:
-            os.chdir(project)
-            vs = _voxel_size(params)
-            gen = run(params, command=command, preview_interval=preview_interval)
-            last = 0.0
-            while True:
-                if cancel.is_set():
-                    gen.close()  # GeneratorExit inside the job: no maps are written
-                    mark_status(job_dir, "aborted")
-                    return Outcome("cancelled", "cancelled: no maps were written", job_dir)
-                try:
-                    p = next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                now = time.perf_counter()
-                if p.preview is not None:
-                    yield Update(p, vs, display_levels(p.preview))
-                elif p.stage != "backprojecting" or now - last > PROGRESS_INTERVAL:
-                    last = now
-                    yield Update(p, vs)
-            out = Outcome(
-                "ok", job_dir=job_dir, voxel_size=result.voxel_size, fsc=result.fsc,
-                resolution_0143=result.resolution_0143, resolution_05=result.resolution_05,
-                warnings=list(result.warnings),
-            )  # fmt: skip
-            _read_maps(job_dir, out)
-            out.elapsed = time.perf_counter() - t0
-            mark_status(job_dir, "success")
-            return out
-        except Cancelled as e:
-            mark_status(job_dir, "aborted")
-            return Outcome("cancelled", _one_line(e), job_dir)
-        except InputError as e:
-            mark_status(job_dir, "failure")
-            return Outcome("error", _one_line(e), job_dir)
-        except MemoryError:
-            mark_status(job_dir, "failure")
-            return Outcome("error", "out of memory (try a smaller box, fewer threads or --mem)")
-        except Exception as e:
-            mark_status(job_dir, "failure")
-            return Outcome(
-                "error", f"{e.__class__.__name__}: {_one_line(e)}", job_dir,
-                detail=traceback.format_exc(),
-            )  # fmt: skip
-        finally:
-            if gen is not None:
-                gen.close()
-            os.chdir(old)
+    gen = None
+    try:
+        gen = run(params, command=command, preview_interval=preview_interval, root=str(project))
+        throttle = _Throttle()
+        stage = ""
+        while True:
+            # once the maps are written ("done") the job has finished: no cancel then
+            if cancel.is_set() and stage != "done":
+                gen.close()  # GeneratorExit inside the job: no maps are written
+                mark_status(job_dir, "aborted")
+                return Outcome("cancelled", "cancelled: no maps were written", job_dir)
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            stage = p.stage
+            if p.preview is not None:
+                yield Update(p, display_levels(p.preview))
+            elif throttle(p):
+                yield Update(p)
+        out = Outcome(
+            "ok", job_dir=job_dir, voxel_size=result.voxel_size, fsc=result.fsc,
+            resolution_0143=result.resolution_0143, resolution_05=result.resolution_05,
+            warnings=list(result.warnings),
+        )  # fmt: skip
+        _read_maps(job_dir, out, result.files)
+        out.elapsed = time.perf_counter() - t0
+        mark_status(job_dir, "success")
+        return out
+    except Cancelled as e:  # RELION_JOB_ABORT_NOW
+        mark_status(job_dir, "aborted")
+        return Outcome("cancelled", _one_line(e), job_dir)
+    except InputError as e:
+        mark_status(job_dir, "failure")
+        return Outcome("error", _one_line(e), job_dir)
+    except MemoryError:
+        mark_status(job_dir, "failure")
+        return Outcome("error", "out of memory (try a smaller box, fewer threads or --mem)")
+    except Exception as e:
+        mark_status(job_dir, "failure")
+        return Outcome(
+            "error", f"{e.__class__.__name__}: {_one_line(e)}", job_dir,
+            detail=traceback.format_exc(),
+        )  # fmt: skip
+    finally:
+        if gen is not None:
+            gen.close()
 
 
 def program_tokens() -> list[str]:
@@ -189,22 +201,80 @@ def _pump(stream, tag: str, q: queue.Queue) -> None:
         q.put((tag, None))
 
 
-def _terminate(proc: subprocess.Popen, grace: float = 2.0) -> None:
-    """SIGTERM to the whole process group (mpirun and its ranks), then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
+def session_members(sid: int) -> list[int] | None:
+    """Live (not zombie) processes of session ``sid``; None where /proc is missing."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    out = []
+    for d in proc.iterdir():
+        if not d.name.isdigit():
             continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        rest = stat[stat.rfind(")") + 2 :].split()  # state, ppid, pgrp, session, ...
+        if len(rest) > 3 and rest[3] == str(sid) and rest[0] not in ("Z", "X"):
+            out.append(int(d.name))
+    return out
+
+
+def session_alive(sid: int) -> bool:
+    """Whether a subprocess started with ``start_new_session`` (``sid`` = its pid) or
+    anything it started (mpirun's ranks) still runs."""
+    members = session_members(sid)
+    if members is not None:
+        return bool(members)
+    try:
+        os.killpg(sid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _signal_session(sid: int, sig: int) -> None:
+    try:
+        os.killpg(sid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for pid in session_members(sid) or []:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _terminate(proc: subprocess.Popen, grace: float = 2.0) -> None:
+    """SIGTERM to every process of the subprocess' session, then SIGKILL.
+
+    The session, not only the process group: Open MPI's mpirun puts each rank in a
+    group of its own, and forwards a SIGTERM to them only after a delay.
+    ``subtomo-recon`` turns SIGTERM into a cancel (no maps); whatever still runs after
+    ``grace`` seconds is killed.
+    """
+    sid = proc.pid
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        _signal_session(sid, sig)
+        end = time.perf_counter() + grace
+        while time.perf_counter() < end:
+            if proc.poll() is not None and not session_alive(sid):
+                return
+            time.sleep(0.02)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def run_subprocess(argv: list[str], project: str, job_dir: str, cancel, env=None):
-    """``mpirun -n N subtomo-recon ...`` in its own process group, progress from its stderr."""
+    """``mpirun -n N subtomo-recon ...`` in its own process group, progress from its stderr.
+
+    ``subtomo-recon`` writes RELION's exit-status file itself (under
+    ``--pipeline_control``); this writes one only when it could not (killed, not started).
+    """
     from ..job import Progress
 
     job_dir = Path(job_dir)
@@ -218,6 +288,7 @@ def run_subprocess(argv: list[str], project: str, job_dir: str, cancel, env=None
             start_new_session=True,
         )  # fmt: skip
     except OSError as e:
+        mark_status(job_dir, "failure")
         return Outcome("error", f"cannot start {argv[0]}: {e.strerror or e}", job_dir)
     q: queue.Queue = queue.Queue()
     pumps = [
@@ -228,15 +299,17 @@ def run_subprocess(argv: list[str], project: str, job_dir: str, cancel, env=None
         t.start()
     errors: list[str] = []
     open_streams = 2
-    last = 0.0
+    throttle = _Throttle()
+    cancelled_at = None  # when the process group was terminated on request
     try:
         with open(job_dir / "run.out", "a") as fo, open(job_dir / "run.err", "a") as fe:
             while open_streams or proc.poll() is None:
-                if cancel.is_set() and proc.poll() is None:
+                if cancelled_at is None and cancel.is_set() and proc.poll() is None:
+                    # (a process that ended before the cancel request reports how it ended)
                     _terminate(proc)
-                    mark_status(job_dir, "aborted")
-                    return Outcome("cancelled", "cancelled: no maps were written", job_dir)
-                # (a process that ended before the cancel request reports how it ended)
+                    cancelled_at = time.perf_counter()
+                if cancelled_at is not None and time.perf_counter() - cancelled_at > 1.0:
+                    break  # a stray process holds the pipes open: stop reading them
                 try:
                     tag, line = q.get(timeout=0.05)
                 except queue.Empty:
@@ -245,15 +318,15 @@ def run_subprocess(argv: list[str], project: str, job_dir: str, cancel, env=None
                     open_streams -= 1
                     continue
                 if tag == "err" and line.startswith("@progress "):
+                    if cancelled_at is not None:
+                        continue
                     try:
                         rec = json.loads(line[len("@progress ") :])
                         p = Progress(**rec)
                     except (ValueError, TypeError):
                         continue
-                    now = time.perf_counter()
-                    if p.stage != "backprojecting" or now - last > PROGRESS_INTERVAL:
-                        last = now
-                        yield Update(p, None)
+                    if throttle(p):
+                        yield Update(p)
                     continue
                 (fe if tag == "err" else fo).write(line + "\n")
                 if tag == "err" and line.strip():
@@ -265,20 +338,27 @@ def run_subprocess(argv: list[str], project: str, job_dir: str, cancel, env=None
             t.join(timeout=1.0)
     rc = proc.wait()
     if rc == 0:
-        out = _read_maps(job_dir, Outcome("ok", job_dir=job_dir))
+        out = _read_maps(job_dir, Outcome("ok", job_dir=job_dir, pid=proc.pid))
         out.warnings = [e[len("warning: ") :] for e in errors if e.startswith("warning: ")]
         out.elapsed = time.perf_counter() - t0
+        _mark_unless_reported(job_dir, "success")
         return out
+    if cancelled_at is not None:
+        _mark_unless_reported(job_dir, "aborted")  # killed before it could say so
+        return Outcome("cancelled", "cancelled: no maps were written", job_dir, pid=proc.pid)
     if rc == 3:
-        return Outcome("cancelled", "cancelled (RELION_JOB_ABORT_NOW)", job_dir)
-    if not any((job_dir / f).exists() for f in STATUS_FILES):
-        mark_status(job_dir, "failure")  # e.g. killed, or a crash the CLI did not report
+        _mark_unless_reported(job_dir, "aborted")
+        msg = next((e for e in reversed(errors) if "cancelled:" in e), "")
+        msg = msg.split("cancelled:", 1)[1].strip() if msg else "RELION_JOB_ABORT_NOW"
+        return Outcome("cancelled", f"cancelled ({msg}): no maps were written", job_dir,
+                       pid=proc.pid)  # fmt: skip
+    _mark_unless_reported(job_dir, "failure")  # e.g. killed, or a crash the CLI did not report
     msg = next((e for e in reversed(errors) if "error:" in e), None)
     if msg is None:
         msg = errors[-1] if errors else f"{Path(argv[0]).name} exited with code {rc}"
-    if msg.startswith("subtomo-recon: error: "):
-        msg = msg[len("subtomo-recon: error: ") :]
-    return Outcome("error", msg, job_dir)
+    if "subtomo-recon: error: " in msg:
+        msg = msg.split("subtomo-recon: error: ", 1)[1]
+    return Outcome("error", msg, job_dir, pid=proc.pid)
 
 
 def submit_to_queue(argv: list[str], project: str, job_dir: str, cancel, timeout=120.0):
