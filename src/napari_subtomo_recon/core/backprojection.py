@@ -205,8 +205,10 @@ def backproject(
             extract_windows(
                 source, c2[:, 0], c2[:, 1], win, st.circle_crop, windows, falloff, mdx, mdy
             )
-            F = sfft.rfft2(windows, norm="ortho", workers=st.threads)
+            # unitary 2D transform, the column pass only for the columns the crop keeps
+            F = sfft.rfft(windows, axis=2, norm="ortho", workers=st.threads)[:, :, : m.ncols]
             del windows
+            F = sfft.fft(F, axis=1, norm="ortho", workers=st.threads, overwrite_x=True)
             # sub-pixel shift: projected centre relative to the binned window's centre
             to_binned = 1.0 / factor  # window px -> output px (RELION: the nominal bin)
             ox = c_round(c2[:, 0]) - win // 2

@@ -28,6 +28,25 @@ def _c_round(v):
     return math.floor(v + 0.5) if v >= 0 else -math.floor(-v + 0.5)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _chord(dy2, rad2, c, w):
+    """First and last column k (0 <= k < w) with (k - c)² + dy2 <= rad2 (empty: a > b).
+
+    Found with a square root and then settled with the exact predicate, so that the
+    pixels on either side are classified exactly as a per-pixel test would."""
+    rem = rad2 - dy2
+    if rem < 0.0:
+        return w, -1
+    h = math.sqrt(rem)
+    a = max(0, int(math.floor(c - h)) - 1)
+    b = min(w - 1, int(math.ceil(c + h)) + 1)
+    while a <= b and (a - c) * (a - c) + dy2 > rad2:
+        a += 1
+    while b >= a and (b - c) * (b - c) + dy2 > rad2:
+        b -= 1
+    return a, b
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def extract_windows(img, cx, cy, w, circle_crop, out, falloff, mdx, mdy):
     """Cut ``w``×``w`` windows around (cx, cy) into ``out`` (n, w, w), already ifftshifted.
@@ -49,44 +68,53 @@ def extract_windows(img, cx, cy, w, circle_crop, out, falloff, mdx, mdy):
     for i in prange(n):
         ox = int(_c_round(cx[i])) - half
         oy = int(_c_round(cy[i])) - half
-        xs = np.empty(w, np.int64)  # clamped source columns
-        for k in range(w):
-            xs[k] = min(max(ox + k, 0), W - 1)
+        row = np.empty(w, np.float32)  # one window row, clamped at the image edges
+        ccx = m + mdx[i]
         mean_out = 0.0
         if circle_crop:
             acc = 0.0
-            cnt = 0.0
+            cnt = 0
             for j in range(w):
-                row = img[min(max(oy + j, 0), H - 1)]
+                src = img[min(max(oy + j, 0), H - 1)]
                 dy = j - m - mdy[i]
-                dy2 = dy * dy
-                for k in range(w):
-                    dx = k - m - mdx[i]
-                    if dx * dx + dy2 > rad2:
-                        acc += row[xs[k]]
-                        cnt += 1.0
-            if cnt > 0.0:
+                a, b = _chord(dy * dy, rad2, ccx, w)
+                # pixels outside the circle: left of a and right of b
+                for k in range(0, min(a, w)):
+                    acc += src[min(max(ox + k, 0), W - 1)]
+                for k in range(max(b + 1, 0), w):
+                    acc += src[min(max(ox + k, 0), W - 1)]
+                cnt += min(a, w) + w - max(b + 1, 0)
+            if cnt > 0:
                 mean_out = acc / cnt
         for j in range(w):
-            row = img[min(max(oy + j, 0), H - 1)]
+            src = img[min(max(oy + j, 0), H - 1)]
+            if ox >= 0 and ox + w <= W:
+                row[:] = src[ox : ox + w]
+            else:
+                for k in range(w):
+                    row[k] = src[min(max(ox + k, 0), W - 1)]
             dest = out[i, j - half if j >= half else j + w - half]
+            if not circle_crop:
+                dest[: w - half] = row[half:]
+                dest[w - half :] = row[:half]
+                continue
             dy = j - m - mdy[i]
             dy2 = dy * dy
+            a, b = _chord(dy2, rad2, ccx, w)
             for k in range(w):
                 kk = k - half if k >= half else k + w - half
-                v = row[xs[k]]
-                if circle_crop:
-                    dx = k - m - mdx[i]
-                    r2 = dx * dx + dy2
-                    if r2 < inner2:
-                        dest[kk] = np.float32(v - mean_out)
-                    elif r2 < rad2:
-                        c = 0.5 - 0.5 * math.cos(math.pi * (rad - math.sqrt(r2)) / falloff)
-                        dest[kk] = np.float32(c * (v - mean_out))
-                    else:
-                        dest[kk] = 0.0
+                if k < a or k > b:
+                    dest[kk] = 0.0
+                    continue
+                dx = k - ccx
+                r2 = dx * dx + dy2
+                if r2 < inner2:
+                    dest[kk] = np.float32(row[k] - mean_out)
+                elif r2 < rad2:
+                    c = 0.5 - 0.5 * math.cos(math.pi * (rad - math.sqrt(r2)) / falloff)
+                    dest[kk] = np.float32(c * (row[k] - mean_out))
                 else:
-                    dest[kk] = v
+                    dest[kk] = 0.0
 
 
 def window_origins(cx, cy, w):
