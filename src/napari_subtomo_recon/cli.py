@@ -144,8 +144,30 @@ def _terminate(signum, frame):
     raise Cancelled(f"stopped by signal {signum}")
 
 
+def _keep_freed_memory() -> None:
+    """Let glibc reuse freed blocks instead of returning them to the kernel.
+
+    Each tilt allocates and frees arrays of tens of MB (padded image, its transform);
+    by default glibc maps and unmaps each one, and refilling fresh pages cost ~20% of
+    the run in page faults (measured: 12 s of system time in a 57 s bin-6 job, 4 s
+    after this) for ~10% more peak memory.  Set for command-line processes only.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 2**30)  # M_MMAP_THRESHOLD: blocks below 1 GiB from the heap
+        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: keep freed heap memory
+        libc.mallopt(-2, 2**28)  # M_TOP_PAD: grow the heap in 256 MiB steps
+    except (OSError, AttributeError):  # not glibc (e.g. musl): keep the defaults
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _keep_freed_memory()
     if threading.current_thread() is threading.main_thread():
         # a scheduler's or the widget's SIGTERM ends the job like RELION_JOB_ABORT_NOW
         signal.signal(signal.SIGTERM, _terminate)

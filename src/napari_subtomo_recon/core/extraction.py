@@ -47,6 +47,21 @@ def _chord(dy2, rad2, c, w):
     return a, b
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _edge_pixel(dest, row, k, half, w, a, b, ccx, dy2, rad, rad2, falloff, mean_out):
+    kk = k - half if k >= half else k + w - half
+    if k < a or k > b:
+        dest[kk] = 0.0
+        return
+    dx = k - ccx
+    r2 = dx * dx + dy2
+    if r2 < rad2:
+        c = 0.5 - 0.5 * math.cos(math.pi * (rad - math.sqrt(r2)) / falloff)
+        dest[kk] = np.float32(c * (row[k] - mean_out))
+    else:
+        dest[kk] = 0.0
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def extract_windows(img, cx, cy, w, circle_crop, out, falloff, mdx, mdy):
     """Cut ``w``×``w`` windows around (cx, cy) into ``out`` (n, w, w), already ifftshifted.
@@ -101,20 +116,22 @@ def extract_windows(img, cx, cy, w, circle_crop, out, falloff, mdx, mdy):
             dy = j - m - mdy[i]
             dy2 = dy * dy
             a, b = _chord(dy2, rad2, ccx, w)
-            for k in range(w):
+            # columns strictly inside the inner circle: the plain interior, no tests
+            ia, ib = _chord(dy2, inner2, ccx, w)
+            while ia <= ib and (ia - ccx) * (ia - ccx) + dy2 >= inner2:
+                ia += 1
+            while ib >= ia and (ib - ccx) * (ib - ccx) + dy2 >= inner2:
+                ib -= 1
+            if ia > ib:  # no interior on this row: the edge test covers [a, b]
+                ia, ib = b + 1, b
+            for k in range(ia, ib + 1):
                 kk = k - half if k >= half else k + w - half
-                if k < a or k > b:
-                    dest[kk] = 0.0
-                    continue
-                dx = k - ccx
-                r2 = dx * dx + dy2
-                if r2 < inner2:
-                    dest[kk] = np.float32(row[k] - mean_out)
-                elif r2 < rad2:
-                    c = 0.5 - 0.5 * math.cos(math.pi * (rad - math.sqrt(r2)) / falloff)
-                    dest[kk] = np.float32(c * (row[k] - mean_out))
-                else:
-                    dest[kk] = 0.0
+                dest[kk] = np.float32(row[k] - mean_out)
+            # the rest: zero outside [a, b], the cosine edge in between
+            for k in range(0, ia):
+                _edge_pixel(dest, row, k, half, w, a, b, ccx, dy2, rad, rad2, falloff, mean_out)
+            for k in range(ib + 1, w):
+                _edge_pixel(dest, row, k, half, w, a, b, ccx, dy2, rad, rad2, falloff, mean_out)
 
 
 def window_origins(cx, cy, w):
