@@ -45,7 +45,9 @@ class Settings:
     prebin: str = "auto"  # fast path: bin a tilt first "always", "never" or when it pays off
     threads: int = 1
     batch_bytes: int = 256 * 2**20  # memory for one batch of windows and their FFTs
-    insert_bytes: int = 8 * 2**20  # slices inserted together (kept in cache)
+    # slices inserted in one pass over the accumulator's plane blocks: the more, the
+    # better each block's time in cache is used (measured ~1.35x from 8 to 256 MiB)
+    insert_bytes: int = 256 * 2**20
 
     @property
     def window(self) -> int:
@@ -228,8 +230,7 @@ def backproject(
             B = scale_ratio * (P3[None] @ geo.rotation[sel])
             Q = slice_matrices(B)
             max_freq = np.full(nb, terms.x_ranges[f, 0], np.int64)
-            # sub-batches whose slices fit in the last-level cache while a block of planes
-            # is being filled
+            # sub-batches: a pass over the accumulator's plane blocks per sub-batch
             step = max(1, st.insert_bytes // (s * sh * 16))
             for a in range(0, nb, step):
                 b = slice(a, a + step)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.fft as sfft
+from numba import njit, prange
 
 
 def signed_freq(n: int) -> np.ndarray:
@@ -16,12 +17,10 @@ def signed_freq(n: int) -> np.ndarray:
     return np.where(i < n // 2, i, i - n).astype(np.float64)
 
 
-def half_radius(s: int) -> np.ndarray:
-    """|k| on the (s, s, s//2+1) half-complex grid [z, y, x]."""
-    sh = s // 2 + 1
-    f = signed_freq(s)
-    x = np.arange(sh, dtype=np.float64)
-    return np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + x[None, None, :] ** 2)
+def _radius_squared(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Integer a² + b² + c² on the broadcast grid (int32: exact, and a quarter the memory)."""
+    a, b, c = (np.asarray(v, np.int32) for v in (a, b, c))
+    return (a * a)[:, None, None] + (b * b)[None, :, None] + (c * c)[None, None, :]
 
 
 def gridding_correct(D: np.ndarray, workers: int = 1) -> np.ndarray:
@@ -40,32 +39,81 @@ def gridding_correct(D: np.ndarray, workers: int = 1) -> np.ndarray:
         * (1 - 2 * (ix[None, None, :] % 2))
     )
     img = sfft.irfftn(D * chk, s=(s, s, w), norm="ortho", workers=workers)
-    c = np.arange(s, dtype=np.float64) - s // 2
-    cw = np.arange(w, dtype=np.float64) - w // 2
-    r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + cw[None, None, :] ** 2)
+    # sinc² depends on r² only, an integer: evaluate it once per value (sin() of every
+    # voxel took most of the time)
+    r2 = _radius_squared(np.arange(s) - s // 2, np.arange(s) - s // 2, np.arange(w) - w // 2)
+    r = np.sqrt(np.arange(int(r2.max()) + 1, dtype=np.float64))
     d = r / w
     with np.errstate(invalid="ignore", divide="ignore"):
         sinc2 = (np.sin(np.pi * d) / (np.pi * d)) ** 2
     sinc2 = np.where((sinc2 < 1e-2) | (d > 1.0), 1e-2, sinc2)
-    sinc2[r == 0] = 1.0
-    return img / sinc2
+    sinc2[0] = 1.0
+    img /= sinc2[r2]
+    return img
+
+
+def _half_r2(s: int) -> np.ndarray:
+    """Integer |k|² on the (s, s, s//2+1) half-complex grid [z, y, x]."""
+    f = signed_freq(s).astype(np.int64)
+    return _radius_squared(f, f, np.arange(s // 2 + 1))
+
+
+def _radius_table(r2max: int) -> tuple[np.ndarray, np.ndarray]:
+    """r0 = floor(|k|) and f = |k| - r0 for every integer |k|² up to r2max."""
+    r = np.sqrt(np.arange(r2max + 1, dtype=np.float64))
+    r0 = r.astype(np.int64)
+    return r0, r - r0
+
+
+@njit(cache=True, nogil=True)
+def _radial_sums(Wt, r2, r0t, ft, sh):
+    avg = np.zeros(sh)
+    wgh = np.zeros(sh)
+    for z in range(Wt.shape[0]):
+        for y in range(Wt.shape[1]):
+            for x in range(Wt.shape[2]):
+                k = r2[z, y, x]
+                i = r0t[k]
+                f = ft[k]
+                if i < sh:
+                    avg[i] += (1 - f) * Wt[z, y, x]
+                    wgh[i] += 1 - f
+                if i + 1 < sh:
+                    avg[i + 1] += f * Wt[z, y, x]
+                    wgh[i + 1] += f
+    return avg, wgh
 
 
 def radial_average_half(Wt: np.ndarray) -> np.ndarray:
     """Linearly binned radial average over the stored half volume (RELION ``fftwHalf_3D_lin``)."""
     s, _, sh = Wt.shape
-    r = half_radius(s)
-    r0 = r.astype(np.int64)
-    f = r - r0
-    avg = np.zeros(sh)
-    wgh = np.zeros(sh)
-    m0 = r0 < sh
-    np.add.at(avg, r0[m0], ((1 - f) * Wt)[m0])
-    np.add.at(wgh, r0[m0], (1 - f)[m0])
-    m1 = r0 + 1 < sh
-    np.add.at(avg, r0[m1] + 1, (f * Wt)[m1])
-    np.add.at(wgh, r0[m1] + 1, f[m1])
+    r2 = _half_r2(s)
+    r0t, ft = _radius_table(int(r2.max()))
+    return _radial_mean(np.ascontiguousarray(Wt, np.float64), r2, r0t, ft, sh)
+
+
+def _radial_mean(Wt, r2, r0t, ft, sh):
+    avg, wgh = _radial_sums(Wt, r2, r0t, ft, sh)
     return np.where(wgh > 0, avg / np.where(wgh > 0, wgh, 1), 0.0)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _heuristic_divide(G, Wt, r2, r0t, ft, rad, sh):
+    # G / max(W, 0.001 × the radial mean of W interpolated at |k|); |k| >= sh - 1 zeroed
+    for z in prange(G.shape[0]):
+        for y in range(G.shape[1]):
+            for x in range(G.shape[2]):
+                k = r2[z, y, x]
+                i = r0t[k]
+                f = ft[k]
+                if i + 1 >= sh:
+                    G[z, y, x] = 0
+                    continue
+                avg = f * rad[i + 1] + (1.0 - f) * rad[i]
+                wg = max(Wt[z, y, x], avg * 0.001)
+                if wg > 0:
+                    g = G[z, y, x]
+                    G[z, y, x] = complex(g.real / wg, g.imag / wg)
 
 
 def divide_weights(img: np.ndarray, Wt: np.ndarray, snr: float, workers: int = 1) -> np.ndarray:
@@ -79,18 +127,11 @@ def divide_weights(img: np.ndarray, Wt: np.ndarray, snr: float, workers: int = 1
         G /= Wt + 1.0 / snr
     else:
         s, _, sh = Wt.shape
-        rad = radial_average_half(Wt)
-        r = half_radius(s)
-        r0 = r.astype(np.int64)
-        f = r - r0
-        outside = r0 + 1 >= sh
-        r0c = np.minimum(r0, sh - 1)
-        r1c = np.minimum(r0 + 1, sh - 1)
-        avg = f * rad[r1c] + (1.0 - f) * rad[r0c]
-        wg = np.maximum(Wt, avg * 0.001)
-        safe = np.where(wg > 0, wg, 1.0)
-        G = np.where(wg > 0, G / safe, G)
-        G[outside] = 0
+        r2 = _half_r2(s)
+        r0t, ft = _radius_table(int(r2.max()))
+        Wt = np.ascontiguousarray(Wt, np.float64)
+        rad = _radial_mean(Wt, r2, r0t, ft, sh)
+        _heuristic_divide(G, Wt, r2, r0t, ft, rad, sh)
     return sfft.irfftn(G, s=img.shape, norm="ortho", workers=workers)
 
 
