@@ -83,7 +83,7 @@ def extract_windows(img, cx, cy, w, circle_crop, out, falloff, mdx, mdy):
     for i in prange(n):
         ox = int(_c_round(cx[i])) - half
         oy = int(_c_round(cy[i])) - half
-        row = np.empty(w, np.float32)  # one window row, clamped at the image edges
+        clamped = np.empty(w, np.float32)  # one window row, clamped at the image edges
         ccx = m + mdx[i]
         mean_out = 0.0
         if circle_crop:
@@ -101,11 +101,13 @@ def extract_windows(img, cx, cy, w, circle_crop, out, falloff, mdx, mdy):
                 cnt += min(a, w) + w - max(b + 1, 0)
             if cnt > 0:
                 mean_out = acc / cnt
+        inside = ox >= 0 and ox + w <= W
         for j in range(w):
             src = img[min(max(oy + j, 0), H - 1)]
-            if ox >= 0 and ox + w <= W:
-                row[:] = src[ox : ox + w]
+            if inside:
+                row = src[ox : ox + w]  # a view: no copy for windows within the image
             else:
+                row = clamped
                 for k in range(w):
                     row[k] = src[min(max(ox + k, 0), W - 1)]
             dest = out[i, j - half if j >= half else j + w - half]
@@ -332,6 +334,23 @@ def _fast_size(n: int, multiple: int) -> int:
     return m
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _edge_pad(img, Hp, Wp, pad):
+    """``np.pad(img, ..., mode="edge")`` to (Hp, Wp) with ``pad`` rows/columns before: one
+    pass instead of numpy's copy and four edge fills."""
+    H, W = img.shape
+    out = np.empty((Hp, Wp), np.float32)
+    for y in prange(Hp):
+        src = img[min(max(y - pad, 0), H - 1)]
+        row = out[y]
+        for x in range(pad):
+            row[x] = src[0]
+        row[pad : pad + W] = src
+        for x in range(pad + W, Wp):
+            row[x] = src[W - 1]
+    return out
+
+
 def bin_image(
     img: np.ndarray, num: int, den: int, margin: int = 0, workers: int = 1
 ) -> tuple[np.ndarray, int]:
@@ -348,7 +367,7 @@ def bin_image(
     pad = -(-margin // num) * num
     H, W = img.shape
     Hp, Wp = _fast_size(H + 2 * pad, num), _fast_size(W + 2 * pad, num)
-    img = np.pad(img, ((pad, Hp - H - pad), (pad, Wp - W - pad)), mode="edge")
+    img = _edge_pad(np.ascontiguousarray(img, dtype=np.float32), Hp, Wp, pad)
     hb, wb = Hp // num * den, Wp // num * den
     # pruned 2D transform: the column transform only for the columns that are kept
     F = sfft.rfft(img, axis=1, norm="ortho", workers=workers)[:, : wb // 2 + 1]
