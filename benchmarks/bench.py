@@ -1000,9 +1000,11 @@ def render_report(results: list[dict]) -> str:
     runs = [r for res in results for r in res["runs"]]
     first = results[0]
     mach = first["machine"]
-    ver = {}
+    ver: dict[str, list] = {}  # several result files may come from different commits
     for res in results:
-        ver.update(res["versions"])
+        for k, v in res["versions"].items():
+            if v not in ver.setdefault(k, []):
+                ver[k].append(v)
     ds = first.get("dataset", {})
     out = []
     dates = sorted({res["date"][:10] for res in results})
@@ -1011,7 +1013,9 @@ def render_report(results: list[dict]) -> str:
         f"{mach.get('mem_gib', '?')} GiB RAM, {mach.get('platform', '')}."
     )
     out.append("")
-    out.append("Versions: " + "; ".join(f"{k} {v}" for k, v in ver.items()) + ".")
+    out.append(
+        "Versions: " + "; ".join(f"{k} {' / '.join(map(str, v))}" for k, v in ver.items()) + "."
+    )
     out.append("")
     if ds:
         size = ds.get("image_size", ["?", "?"])
