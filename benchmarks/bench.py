@@ -78,19 +78,8 @@ CONFIG_BOX = {"bin6": 192, "bin2": 256}
 # ---------------------------------------------------------------------------------------------
 
 
-def _rx(a: float) -> np.ndarray:
-    c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
-    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-
-
-def _ry(a: float) -> np.ndarray:
-    c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
-def _rz(a: float) -> np.ndarray:
-    c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+# the simulator's forward model (independent of core/geometry.py, which the counts check)
+from napari_subtomo_recon.simulate import _rx, _ry, _rz  # noqa: E402
 
 
 def projection_matrices(xt, yt, zr, xs, ys, px, tomo_size, image_size) -> np.ndarray:

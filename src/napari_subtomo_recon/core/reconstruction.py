@@ -52,17 +52,14 @@ def gridding_correct(D: np.ndarray, workers: int = 1) -> np.ndarray:
     return img
 
 
-def _half_r2(s: int) -> np.ndarray:
-    """Integer |k|² on the (s, s, s//2+1) half-complex grid [z, y, x]."""
+def _half_radius_lookup(s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer |k|² on the (s, s, s//2+1) half-complex grid [z, y, x], and tables of
+    r0 = floor(|k|) and f = |k| - r0 indexed by |k|²."""
     f = signed_freq(s).astype(np.int64)
-    return _radius_squared(f, f, np.arange(s // 2 + 1))
-
-
-def _radius_table(r2max: int) -> tuple[np.ndarray, np.ndarray]:
-    """r0 = floor(|k|) and f = |k| - r0 for every integer |k|² up to r2max."""
-    r = np.sqrt(np.arange(r2max + 1, dtype=np.float64))
+    r2 = _radius_squared(f, f, np.arange(s // 2 + 1))
+    r = np.sqrt(np.arange(int(r2.max()) + 1, dtype=np.float64))
     r0 = r.astype(np.int64)
-    return r0, r - r0
+    return r2, r0, r - r0
 
 
 @njit(cache=True, nogil=True)
@@ -87,8 +84,7 @@ def _radial_sums(Wt, r2, r0t, ft, sh):
 def radial_average_half(Wt: np.ndarray) -> np.ndarray:
     """Linearly binned radial average over the stored half volume (RELION ``fftwHalf_3D_lin``)."""
     s, _, sh = Wt.shape
-    r2 = _half_r2(s)
-    r0t, ft = _radius_table(int(r2.max()))
+    r2, r0t, ft = _half_radius_lookup(s)
     return _radial_mean(np.ascontiguousarray(Wt, np.float64), r2, r0t, ft, sh)
 
 
@@ -127,8 +123,7 @@ def divide_weights(img: np.ndarray, Wt: np.ndarray, snr: float, workers: int = 1
         G /= Wt + 1.0 / snr
     else:
         s, _, sh = Wt.shape
-        r2 = _half_r2(s)
-        r0t, ft = _radius_table(int(r2.max()))
+        r2, r0t, ft = _half_radius_lookup(s)
         Wt = np.ascontiguousarray(Wt, np.float64)
         rad = _radial_mean(Wt, r2, r0t, ft, sh)
         _heuristic_divide(G, Wt, r2, r0t, ft, rad, sh)
