@@ -140,3 +140,31 @@ def test_batch_equals_slice_by_slice_for_any_threads_and_blocks(block):
     assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(
         results[0][1], results[1][1]
     )
+
+
+@pytest.mark.parametrize(
+    "B",
+    [
+        rot_y(90.0),  # normal along x
+        euler_matrix(0.0, 90.0, 0.0),  # tilt about y by the Euler convention
+        np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]]),  # normal along y
+        euler_matrix(37.0, 0.0, 0.0),  # normal along z, in-plane rotation
+        rot_y(45.0),  # |n_x| == |n_z|, n_y == 0
+        np.array([[1.0, 0, 0], [0, 1.0, 1e-300], [0, -1e-300, 1.0]]),  # near-zero n_y
+    ],
+)
+def test_axis_aligned_and_degenerate_normals_match_reference(B):
+    # zero and near-zero normal components take the kernel's special cases
+    rng = np.random.default_rng(3)
+    s = 12
+    sh = s // 2 + 1
+    data = (rng.normal(size=(s, sh)) + 1j * rng.normal(size=(s, sh))).astype(np.complex64)
+    weight = rng.uniform(0, 1, (s, sh)).astype(np.float32)
+    Q = slice_matrices(np.asarray(B, float)[None])[0]
+    D = np.zeros((s, s, sh), np.complex128)
+    W = np.zeros((s, s, sh))
+    insert_slice(data, weight, Q, 6, D, W)
+    Dr, Wr = reference_insert(data.astype(complex), weight.astype(float), Q, 6, s)
+    assert np.allclose(D, Dr, atol=1e-6)
+    assert np.allclose(W, Wr, atol=1e-6)
+    assert np.count_nonzero(W) > 60

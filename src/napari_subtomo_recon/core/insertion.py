@@ -9,7 +9,7 @@ Accumulators: ``D`` complex128 and ``W`` float64 of shape (2, s, s, s//2+1)
 [half, z, y, x].  Threads own disjoint blocks of z planes and insert every slice of
 a batch into their planes: no atomics, no per-thread copies of the volumes (memory
 does not grow with threads), the same sums in the same order whatever the number
-of threads, and a block of planes stays in cache while a batch of slices passes.
+of threads, and a plane stays in cache while a batch of slices passes.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-PLANES_PER_BLOCK = 2
+PLANES_PER_BLOCK = 1
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _sample(S, qx, qy, h, Dz, Wz, y, x, c):
+def _sample(S, qx, qy, h, D, W, z, y, x, c):
     # S: (h+1, wh+1, 4) float32 [re, im, w, 0]; row h repeats row 0 (y wraps), column wh
     # repeats column wh-2 (RELION's last-column quirk)
     sg = 1.0 if qx >= 0.0 else -1.0
@@ -43,23 +43,24 @@ def _sample(S, qx, qy, h, Dz, Wz, y, x, c):
     b = np.float32(xf * cy0)
     cc = np.float32((1.0 - xf) * cy1)
     d = np.float32(xf * cy1)
-    r0 = S[y0]
-    r1 = S[y0 + 1]
-    re = a * r0[x0, 0] + b * r0[x0 + 1, 0] + cc * r1[x0, 0] + d * r1[x0 + 1, 0]
-    im = a * r0[x0, 1] + b * r0[x0 + 1, 1] + cc * r1[x0, 1] + d * r1[x0 + 1, 1]
-    wv = a * r0[x0, 2] + b * r0[x0 + 1, 2] + cc * r1[x0, 2] + d * r1[x0 + 1, 2]
-    Dz[y, x] += complex(re, sg * im)
-    Wz[y, x] += wv
+    y1 = y0 + 1
+    x1 = x0 + 1
+    re = a * S[y0, x0, 0] + b * S[y0, x1, 0] + cc * S[y1, x0, 0] + d * S[y1, x1, 0]
+    im = a * S[y0, x0, 1] + b * S[y0, x1, 1] + cc * S[y1, x0, 1] + d * S[y1, x1, 1]
+    wv = a * S[y0, x0, 2] + b * S[y0, x1, 2] + cc * S[y1, x0, 2] + d * S[y1, x1, 2]
+    D[z, y, x] += complex(re, sg * im)
+    W[z, y, x] += wv
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _range(lo_num, hi_num, den):
-    """Integers v with lo_num < v*den < hi_num (as a closed candidate range)."""
+    """Integers v with lo_num < v*den < hi_num (as a closed candidate range); den != 0."""
     a = lo_num / den
     b = hi_num / den
     if a > b:
         a, b = b, a
-    return math.ceil(a), math.floor(b)
+    # a near-zero den (1e-17 from rounding) must not overflow the int conversion
+    return math.ceil(max(a, -1e9)), math.floor(min(b, 1e9))
 
 
 @njit(cache=True, nogil=True)
@@ -67,118 +68,95 @@ def insert_slice_planes(S, Q, R, D, W, zlo, zhi):
     """Insert one slice into the planes of signed frequency zlo..zhi (inclusive) of D, W.
 
     The voxels visited are exactly RELION's (|q_z| < 1, x <= sqrt(R² - y² - z²),
-    |q_x| < wh, |q_y| < h/2 + 1); they are enumerated along the axis closest to the
-    slice normal, where the slab is 1-2 voxels thick, instead of RELION's x rows.
+    |q_x| < wh, |q_y| < h/2 + 1).  In a plane z the slab is a band; it is walked in
+    runs along whichever of x and y crosses it more steeply (runs of >= 2 voxels), over
+    only the rows or columns that meet it inside the plane's half disc.  Each voxel is
+    visited once, so the order of the sums does not depend on how it is enumerated.
     """
-    s = D.shape[0]
-    sh = D.shape[2]
+    s = D.shape[1]
     h2 = S.shape[0] - 1
     wh2 = S.shape[1] - 1
     ylim = h2 // 2 + 1
     R2 = R * R
     nx, ny, nz = Q[2, 0], Q[2, 1], Q[2, 2]
+    q00, q01, q02 = Q[0, 0], Q[0, 1], Q[0, 2]
+    q10, q11, q12 = Q[1, 0], Q[1, 1], Q[1, 2]
     lo = -(s // 2)
     hi = s // 2 - 1
-    xmax = min(sh - 1, R)
-    ymin = max(lo, -R)
-    ymax = min(hi, R)
-    zlo = max(zlo, -R)
-    zhi = min(zhi, R)
-    if zlo > zhi:
-        return
-    ax, ay, az = abs(nx), abs(ny), abs(nz)
-    if az >= ax and az >= ay:
-        # slab thin in z: walk (y, x) columns whose 1-2 voxel z-range meets the planes
-        if nz > 0:
-            tlo, thi = -1.0 - nz * zhi, 1.0 - nz * zlo
-        else:
-            tlo, thi = -1.0 - nz * zlo, 1.0 - nz * zhi
-        for yy in range(ymin, ymax + 1):
-            yi = yy + s if yy < 0 else yy
-            if nx != 0.0:
-                xa, xb = _range(tlo - ny * yy, thi - ny * yy, nx)
-                if xa < 0:
-                    xa = 0
-                if xb > xmax:
-                    xb = xmax
+    xmax = min(D.shape[2] - 1, R)
+    xrun = abs(nx) >= abs(ny)
+    for zz in range(max(zlo, -R), min(zhi, R) + 1):
+        rz2 = R2 - zz * zz  # the plane's disc: x² + y² <= rz2
+        rz = int(math.sqrt(rz2))
+        while (rz + 1) * (rz + 1) <= rz2:
+            rz += 1
+        while rz * rz > rz2:
+            rz -= 1
+        xm = min(xmax, rz)
+        zi = zz + s if zz < 0 else zz
+        c = nz * zz
+        if xrun and nx == 0.0:  # slice normal along z: the whole plane or nothing
+            if not (-1.0 < c < 1.0):
+                continue
+        if xrun:
+            # rows y: those where the band meets x in [0, xm]
+            ex = nx * xm
+            if ny != 0.0:
+                ya, yb = _range(-1.0 - c - max(ex, 0.0), 1.0 - c - min(ex, 0.0), ny)
             else:
-                t0 = ny * yy
-                if t0 <= tlo or t0 >= thi:
-                    continue
-                xa, xb = 0, xmax
-            for x in range(xa, xb + 1):
-                rem = R2 - x * x - yy * yy
-                if rem < 0:
-                    break
-                t = nx * x + ny * yy
-                za, zb = _range(-1.0 - t, 1.0 - t, nz)
-                if za < zlo:
-                    za = zlo
-                if zb > zhi:
-                    zb = zhi
-                for zz in range(za, zb + 1):
-                    if zz * zz > rem:
-                        continue
-                    qz = t + nz * zz
-                    if not (-1.0 < qz < 1.0):
-                        continue
-                    qx = Q[0, 0] * x + Q[0, 1] * yy + Q[0, 2] * zz
-                    qy = Q[1, 0] * x + Q[1, 1] * yy + Q[1, 2] * zz
-                    if abs(qx) < wh2 and abs(qy) < ylim:
-                        zi = zz + s if zz < 0 else zz
-                        _sample(S, qx, qy, h2, D[zi], W[zi], yi, x, 1.0 - abs(qz))
-    elif ay >= ax:
-        for zz in range(zlo, zhi + 1):
-            zi = zz + s if zz < 0 else zz
-            Dz = D[zi]
-            Wz = W[zi]
-            for x in range(0, xmax + 1):
-                rem = R2 - x * x - zz * zz
-                if rem < 0:
-                    break
-                t = nx * x + nz * zz
-                ya, yb = _range(-1.0 - t, 1.0 - t, ny)
-                if ya < ymin:
-                    ya = ymin
-                if yb > ymax:
-                    yb = ymax
-                for yy in range(ya, yb + 1):
-                    if yy * yy > rem:
-                        continue
-                    qz = t + ny * yy
-                    if not (-1.0 < qz < 1.0):
-                        continue
-                    qx = Q[0, 0] * x + Q[0, 1] * yy + Q[0, 2] * zz
-                    qy = Q[1, 0] * x + Q[1, 1] * yy + Q[1, 2] * zz
-                    if abs(qx) < wh2 and abs(qy) < ylim:
-                        yi = yy + s if yy < 0 else yy
-                        _sample(S, qx, qy, h2, Dz, Wz, yi, x, 1.0 - abs(qz))
-    else:
-        for zz in range(zlo, zhi + 1):
-            zi = zz + s if zz < 0 else zz
-            Dz = D[zi]
-            Wz = W[zi]
-            for yy in range(ymin, ymax + 1):
-                rem = R2 - yy * yy - zz * zz
-                if rem < 0:
-                    continue
+                ya, yb = -rz, rz
+            ya = max(ya, lo, -rz)
+            yb = min(yb, hi, rz)
+            for yy in range(ya, yb + 1):
+                rem = rz2 - yy * yy
+                t = ny * yy + c
+                if nx != 0.0:
+                    xa, xb = _range(-1.0 - t, 1.0 - t, nx)
+                    xa = max(xa, 0)
+                    xb = min(xb, xm)
+                else:
+                    xa, xb = 0, xm
                 yi = yy + s if yy < 0 else yy
-                t = ny * yy + nz * zz
-                xa, xb = _range(-1.0 - t, 1.0 - t, nx)
-                if xa < 0:
-                    xa = 0
-                if xb > xmax:
-                    xb = xmax
+                bx = q01 * yy + q02 * zz
+                by = q11 * yy + q12 * zz
                 for x in range(xa, xb + 1):
                     if x * x > rem:
                         break
                     qz = t + nx * x
                     if not (-1.0 < qz < 1.0):
                         continue
-                    qx = Q[0, 0] * x + Q[0, 1] * yy + Q[0, 2] * zz
-                    qy = Q[1, 0] * x + Q[1, 1] * yy + Q[1, 2] * zz
+                    qx = bx + q00 * x
+                    qy = by + q10 * x
                     if abs(qx) < wh2 and abs(qy) < ylim:
-                        _sample(S, qx, qy, h2, Dz, Wz, yi, x, 1.0 - abs(qz))
+                        _sample(S, qx, qy, h2, D, W, zi, yi, x, 1.0 - abs(qz))
+        else:
+            # columns x (ny != 0 here): those where the band meets y in [-rz, rz]
+            ey = abs(ny) * rz
+            if nx != 0.0:
+                xa, xb = _range(-1.0 - c - ey, 1.0 - c + ey, nx)
+                xa = max(xa, 0)
+                xb = min(xb, xm)
+            else:
+                xa, xb = 0, xm
+            for x in range(xa, xb + 1):
+                rem = rz2 - x * x
+                t = nx * x + c
+                ya, yb = _range(-1.0 - t, 1.0 - t, ny)
+                ya = max(ya, lo)
+                yb = min(yb, hi)
+                bx = q00 * x + q02 * zz
+                by = q10 * x + q12 * zz
+                for yy in range(ya, yb + 1):
+                    if yy * yy > rem:
+                        continue
+                    qz = t + ny * yy
+                    if not (-1.0 < qz < 1.0):
+                        continue
+                    qx = bx + q01 * yy
+                    qy = by + q11 * yy
+                    if abs(qx) < wh2 and abs(qy) < ylim:
+                        yi = yy + s if yy < 0 else yy
+                        _sample(S, qx, qy, h2, D, W, zi, yi, x, 1.0 - abs(qz))
 
 
 @njit(parallel=True, cache=True, nogil=True)
