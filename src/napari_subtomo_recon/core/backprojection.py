@@ -44,10 +44,12 @@ class Settings:
     exact: bool = False  # RELION's per-window extraction instead of binning each tilt once
     prebin: str = "auto"  # fast path: bin a tilt first "always", "never" or when it pays off
     threads: int = 1
-    batch_bytes: int = 256 * 2**20  # memory for one batch of windows and their FFTs
-    # slices inserted in one pass over the accumulator's plane blocks: the more, the
-    # better each block's time in cache is used (measured ~1.35x from 8 to 256 MiB)
-    insert_bytes: int = 256 * 2**20
+    # prepared slices inserted in one pass over the accumulator's planes: the more, the
+    # better each plane's time in cache is used (measured ~1.35x from 8 to 256 MiB)
+    batch_bytes: int = 256 * 2**20
+    # windows and their FFTs are made a few at a time so that they stay in cache
+    # between extraction, FFT and the fused CTF step (~25% faster FFTs than 256 MiB)
+    chunk_bytes: int = 8 * 2**20
 
     @property
     def window(self) -> int:
@@ -122,7 +124,7 @@ class _Mode:
         else:
             rows, inv_bin = np.arange(s), 1.0
         ncols = min(cropped_width(win, factor), sh)
-        per_window = win * win * 4 + win * (win // 2 + 1) * 8 + s * sh * 16
+        per_window = win * win * 4 + win * (win // 2 + 1) * 8
         batch = max(1, int(batch_bytes // per_window))
         return cls(
             num, den, win, factor, rows.astype(np.int64), inv_bin, ncols, 2 * (ncols - 1), batch
@@ -164,12 +166,12 @@ def backproject(
     n = geo.n
     group = np.zeros(n, np.int64) if optics_group is None else np.asarray(optics_group, np.int64)
     half = np.asarray(half, np.int64)
-    relion_mode = _Mode.make(s, 1, 1, st.window, st.binning, st.batch_bytes)
+    relion_mode = _Mode.make(s, 1, 1, st.window, st.binning, st.chunk_bytes)
     fast_mode = None
     if not st.exact:
         num, den, win = fast_window(s, st.binning)
         if num != den:
-            fast_mode = _Mode.make(s, num, den, win, win / s, st.batch_bytes)
+            fast_mode = _Mode.make(s, num, den, win, win / s, st.chunk_bytes)
     binned_px = ts.pixel_size * st.binning
     noise_empty = np.zeros((0, 1), np.float32)
     for f in range(fc):
@@ -194,45 +196,46 @@ def backproject(
         source, pad = bin_image(img, m.num, m.den, st.window // 2 + 2, st.threads)
         scale = m.num / m.den  # unbinned pixels per source pixel: c -> (c + pad) / scale
         falloff = EDGE_FALLOFF / scale
-        win, batch, factor = m.win, m.batch, m.factor
-        for start in range(0, idx.size, batch):
-            sel = idx[start : start + batch]
+        win, chunk, factor = m.win, m.batch, m.factor
+        ins = max(1, st.batch_bytes // ((s + 1) * (sh + 1) * 16))  # slices per insertion
+        to_binned = 1.0 / factor  # window px -> output px (RELION: the nominal bin)
+        for start in range(0, idx.size, ins):
+            sel = idx[start : start + ins]
             nb = sel.size
-            c2u = geo.centres2d[sel, f] + pad
-            c2 = c2u / scale  # in pixels of ``source``
-            # the circle sits where RELION's unbinned window would put it
-            mdx = c_round(c2u[:, 0]) / scale - c_round(c2[:, 0])
-            mdy = c_round(c2u[:, 1]) / scale - c_round(c2[:, 1])
-            windows = np.empty((nb, win, win), np.float32)
-            extract_windows(
-                source, c2[:, 0], c2[:, 1], win, st.circle_crop, windows, falloff, mdx, mdy
-            )
-            # unitary 2D transform, the column pass only for the columns the crop keeps
-            F = sfft.rfft(windows, axis=2, norm="ortho", workers=st.threads)[:, :, : m.ncols]
-            del windows
-            F = sfft.fft(F, axis=1, norm="ortho", workers=st.threads, overwrite_x=True)
-            # sub-pixel shift: projected centre relative to the binned window's centre
-            to_binned = 1.0 / factor  # window px -> output px (RELION: the nominal bin)
-            ox = c_round(c2[:, 0]) - win // 2
-            oy = c_round(c2[:, 1]) - win // 2
-            tx = (c2[:, 0] - ox) * to_binned - m.w_shift // 2
-            ty = (c2[:, 1] - oy) * to_binned - s // 2
-            dz = ts.hand * ts.defocus_slope * ts.pixel_size * geo.depth[sel, f]
-            ex, ey = shift_factors(s, m.w_shift, tx, ty)
             packed = np.empty((nb, s + 1, sh + 1, 4), np.float32)
-            finish_slices(
-                F, m.rows, m.ncols, m.inv_bin, ex, ey, gamma0, u2, envelope, const.k1 * dz,
-                terms.gamma_offset, terms.odd_phase,
-                group[sel], terms.dose[f], terms.x_ranges[f], noise,
-                st.do_ctf, -1.0, packed,
-            )  # fmt: skip
-            del F
+            for c0 in range(0, nb, chunk):
+                part = sel[c0 : c0 + chunk]
+                nc = part.size
+                c2u = geo.centres2d[part, f] + pad
+                c2 = c2u / scale  # in pixels of ``source``
+                # the circle sits where RELION's unbinned window would put it
+                mdx = c_round(c2u[:, 0]) / scale - c_round(c2[:, 0])
+                mdy = c_round(c2u[:, 1]) / scale - c_round(c2[:, 1])
+                windows = np.empty((nc, win, win), np.float32)
+                extract_windows(
+                    source, c2[:, 0], c2[:, 1], win, st.circle_crop, windows, falloff, mdx, mdy
+                )
+                # unitary 2D transform, the column pass only for the columns the crop keeps
+                F = sfft.rfft(windows, axis=2, norm="ortho", workers=st.threads)[:, :, : m.ncols]
+                del windows
+                F = sfft.fft(F, axis=1, norm="ortho", workers=st.threads, overwrite_x=True)
+                # sub-pixel shift: projected centre relative to the binned window's centre
+                ox = c_round(c2[:, 0]) - win // 2
+                oy = c_round(c2[:, 1]) - win // 2
+                tx = (c2[:, 0] - ox) * to_binned - m.w_shift // 2
+                ty = (c2[:, 1] - oy) * to_binned - s // 2
+                dz = ts.hand * ts.defocus_slope * ts.pixel_size * geo.depth[part, f]
+                ex, ey = shift_factors(s, m.w_shift, tx, ty)
+                finish_slices(
+                    F, m.rows, m.ncols, m.inv_bin, ex, ey, gamma0, u2, envelope, const.k1 * dz,
+                    terms.gamma_offset, terms.odd_phase,
+                    group[part], terms.dose[f], terms.x_ranges[f], noise,
+                    st.do_ctf, -1.0, packed[c0 : c0 + nc],
+                )  # fmt: skip
+                del F
             B = scale_ratio * (P3[None] @ geo.rotation[sel])
             Q = slice_matrices(B)
             max_freq = np.full(nb, terms.x_ranges[f, 0], np.int64)
-            # sub-batches: a pass over the accumulator's plane blocks per sub-batch
-            step = max(1, st.insert_bytes // (s * sh * 16))
-            for a in range(0, nb, step):
-                b = slice(a, a + step)
-                insert_slices(packed[b], Q[b], max_freq[b], half[sel][b], acc.data, acc.weight)
+            insert_slices(packed, Q, max_freq, half[sel], acc.data, acc.weight)
+            del packed
             yield nb
