@@ -170,3 +170,29 @@ def test_paths_are_relative_to_the_working_directory(monkeypatch):
     monkeypatch.chdir(INPUTS)
     with pytest.raises(InputError, match="tilt_series/TS_01.star"):
         read_tomogram_set("r5/tomograms.star")  # its tilt-series paths are relative to r5/
+
+
+def test_first_non_finite_finds_nan_and_inf_but_not_overflowing_sums(tmp_path):
+    rng = np.random.default_rng(4)
+    stack = rng.normal(size=(4, 9, 11)).astype(np.float32)
+    stack[1, 3, 7] = np.nan
+    stack[2, 8, 0] = -np.inf
+    stack[2, 5, 5] = np.nan  # row 5 comes before row 8: this one is reported
+    stack[3] = np.finfo(np.float32).max  # finite pixels whose float32 sum overflows
+    path = str(tmp_path / "s.mrcs")
+    with mrcfile.new(path) as m:
+        m.set_data(stack)
+    ints = str(tmp_path / "i.mrc")
+    with mrcfile.new(ints) as m:
+        m.set_data(np.full((5, 6), 7, np.int16))
+    with FrameReader() as r:
+        got = [r.first_non_finite(path, i) for i in range(4)]
+        assert r.first_non_finite(ints, None) is None
+        with pytest.raises(InputError, match="image 5 requested"):
+            r.first_non_finite(path, 4)
+    # the same answer as a direct scan of each image: (x, y) of the first bad pixel
+    expect = []
+    for img in stack:
+        bad = np.argwhere(~np.isfinite(img))
+        expect.append(None if bad.size == 0 else (int(bad[0][1]), int(bad[0][0])))
+    assert got == expect == [None, (7, 3), (5, 5), None]

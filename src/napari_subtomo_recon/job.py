@@ -656,9 +656,11 @@ def check_tilt_images(plans: list, reader):
         for f in used:
             yield p.ts.name
             path, idx = p.ts.frames[f]
-            img = reader.read(path, idx, what=f"tilt image {f + 1} of tomogram '{p.ts.name}'")
-            if not np.isfinite(img).all():
-                y, x = np.argwhere(~np.isfinite(img))[0]
+            bad = reader.first_non_finite(
+                path, idx, what=f"tilt image {f + 1} of tomogram '{p.ts.name}'"
+            )
+            if bad is not None:
+                x, y = bad
                 which = f"image {idx + 1}" if idx is not None else "the image"
                 raise InputError(
                     f"{path}: {which} (frame {f + 1} of tomogram '{p.ts.name}', {p.ts.source} "

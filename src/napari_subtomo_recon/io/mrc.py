@@ -125,6 +125,38 @@ class FrameReader:
             raise InputError(f"{path}: image {i + 1} is truncated")
         return frame.reshape(ny, nx).astype(np.float32, copy=False)
 
+    def first_non_finite(
+        self, path: str, index: int | None, what: str = "tilt image"
+    ) -> tuple[int, int] | None:
+        """(x, y) of the first NaN or infinite pixel of one image, or None.
+
+        Reads the page cache through a memory map, without copying the image: a sum
+        is non-finite whenever a pixel is (a float32 overflow only costs the exact
+        scan that follows).  Integer images are always finite.
+        """
+        lay = self._layouts.get(path)
+        if lay is None:
+            lay = self._layouts[path] = _layout(path, what)
+        if lay.dtype.kind != "f":
+            self.read(path, index, what)  # still proves the image is there
+            return None
+        n, ny, nx = lay.shape
+        i = 0 if index is None else index
+        if i >= n:
+            self.read(path, index, what)  # the same error as reading
+        count = ny * nx
+        frame = np.memmap(
+            path, dtype=lay.dtype, mode="r", offset=lay.offset + i * count * lay.dtype.itemsize,
+            shape=(ny, nx),
+        )  # fmt: skip
+        try:
+            if np.isfinite(np.add.reduce(frame, axis=None)):
+                return None
+            bad = np.argwhere(~np.isfinite(frame))
+            return None if bad.size == 0 else (int(bad[0][1]), int(bad[0][0]))
+        finally:
+            del frame
+
     def close(self) -> None:
         self._layouts.clear()
 
