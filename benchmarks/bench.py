@@ -79,7 +79,7 @@ CONFIG_BOX = {"bin6": 192, "bin2": 256}
 
 
 # the simulator's forward model (independent of core/geometry.py, which the counts check)
-from napari_subtomo_recon.simulate import _rx, _ry, _rz  # noqa: E402
+from napari_subtomo_recon.simulate import _rx, _ry, _rz, _star_text  # noqa: E402
 
 
 def projection_matrices(xt, yt, zr, xs, ys, px, tomo_size, image_size) -> np.ndarray:
@@ -118,35 +118,11 @@ def dose_symmetric_order(n: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _fmt(v) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return str(int(v))
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return f"{float(v):.6f}"
-    s = str(v)
-    return f'"{s}"' if (" " in s or not s) else s
-
-
 def write_star(path: Path, blocks: list[tuple[str, dict, bool]]) -> None:
-    """Blocks as (name, {label: value or list}, is_loop)."""
-    lines = ["", "# version 50001", ""]
-    for name, data, loop in blocks:
-        lines += [f"data_{name}", ""]
-        if loop:
-            lines.append("loop_")
-            labels = list(data)
-            lines += [f"_{lab} #{i + 1}" for i, lab in enumerate(labels)]
-            cols = [[_fmt(v) for v in data[lab]] for lab in labels]
-            for r in range(len(cols[0]) if cols else 0):
-                lines.append("  ".join(c[r] for c in cols))
-        else:
-            lines += [f"_{lab}  {_fmt(val)}" for lab, val in data.items()]
-        lines += ["", ""]
+    """Blocks as (name, {label: value or list}, is_loop), in the simulator's format; atomic."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines))
+    tmp.write_text(_star_text(blocks))
     os.replace(tmp, path)
 
 

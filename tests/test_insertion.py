@@ -65,24 +65,28 @@ def test_spec_example_mapping():
     assert np.allclose(Q @ [6, 2, 5], [-3.981569, 6.999922, -0.384970], atol=2e-5)
 
 
+def assert_matches_reference(rng, B, max_freq, s=12, min_voxels=50):
+    """One random slice through the kernel and through ``reference_insert``."""
+    sh = s // 2 + 1
+    data = (rng.normal(size=(s, sh)) + 1j * rng.normal(size=(s, sh))).astype(np.complex64)
+    weight = rng.uniform(0, 1, (s, sh)).astype(np.float32)
+    Q = slice_matrices(np.asarray(B, float)[None])[0]
+    D = np.zeros((s, s, sh), np.complex128)
+    W = np.zeros((s, s, sh))
+    insert_slice(data, weight, Q, max_freq, D, W)
+    Dr, Wr = reference_insert(data.astype(complex), weight.astype(float), Q, max_freq, s)
+    assert np.allclose(D, Dr, atol=1e-6)
+    assert np.allclose(W, Wr, atol=1e-6)
+    assert np.count_nonzero(W) > min_voxels
+
+
 def test_insert_slice_matches_reference():
     rng = np.random.default_rng(0)
-    s = 12
-    sh = s // 2 + 1
     for trial in range(4):
-        data = (rng.normal(size=(s, sh)) + 1j * rng.normal(size=(s, sh))).astype(np.complex64)
-        weight = rng.uniform(0, 1, (s, sh)).astype(np.float32)
         B = rot_y(rng.uniform(-60, 60)) @ euler_matrix(*rng.uniform(-180, 180, 3))
         if trial == 3:
             B = 1.07 * B  # a pixel-size ratio scales the slice
-        Q = slice_matrices(B[None])[0]
-        D = np.zeros((s, s, sh), np.complex128)
-        W = np.zeros((s, s, sh))
-        insert_slice(data, weight, Q, 5, D, W)
-        Dr, Wr = reference_insert(data.astype(complex), weight.astype(float), Q, 5, s)
-        assert np.allclose(D, Dr, atol=1e-6)
-        assert np.allclose(W, Wr, atol=1e-6)
-        assert np.count_nonzero(W) > 50
+        assert_matches_reference(rng, B, 5)
 
 
 def test_identity_orientation_fills_the_central_plane_exactly():
@@ -155,16 +159,4 @@ def test_batch_equals_slice_by_slice_for_any_threads_and_blocks(block):
 )
 def test_axis_aligned_and_degenerate_normals_match_reference(B):
     # zero and near-zero normal components take the kernel's special cases
-    rng = np.random.default_rng(3)
-    s = 12
-    sh = s // 2 + 1
-    data = (rng.normal(size=(s, sh)) + 1j * rng.normal(size=(s, sh))).astype(np.complex64)
-    weight = rng.uniform(0, 1, (s, sh)).astype(np.float32)
-    Q = slice_matrices(np.asarray(B, float)[None])[0]
-    D = np.zeros((s, s, sh), np.complex128)
-    W = np.zeros((s, s, sh))
-    insert_slice(data, weight, Q, 6, D, W)
-    Dr, Wr = reference_insert(data.astype(complex), weight.astype(float), Q, 6, s)
-    assert np.allclose(D, Dr, atol=1e-6)
-    assert np.allclose(W, Wr, atol=1e-6)
-    assert np.count_nonzero(W) > 60
+    assert_matches_reference(np.random.default_rng(3), B, 6, min_voxels=60)
