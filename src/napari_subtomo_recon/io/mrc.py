@@ -107,7 +107,8 @@ class FrameReader:
     def __init__(self):
         self._layouts: dict[str, _Layout] = {}
 
-    def read(self, path: str, index: int | None, what: str = "tilt image") -> np.ndarray:
+    def _frame(self, path: str, index: int | None, what: str) -> tuple[_Layout, int, int]:
+        """(layout, image number, byte offset) of one image; a clear error if it is not there."""
         lay = self._layouts.get(path)
         if lay is None:
             lay = self._layouts[path] = _layout(path, what)
@@ -117,11 +118,13 @@ class FrameReader:
             raise InputError(
                 f"{path}: image {i + 1} requested but the file holds {n} image{'s' * (n > 1)}"
             )
-        count = ny * nx
-        frame = np.fromfile(
-            path, dtype=lay.dtype, count=count, offset=lay.offset + i * count * lay.dtype.itemsize
-        )
-        if frame.size != count:
+        return lay, i, lay.offset + i * ny * nx * lay.dtype.itemsize
+
+    def read(self, path: str, index: int | None, what: str = "tilt image") -> np.ndarray:
+        lay, i, offset = self._frame(path, index, what)
+        _, ny, nx = lay.shape
+        frame = np.fromfile(path, dtype=lay.dtype, count=ny * nx, offset=offset)
+        if frame.size != ny * nx:
             raise InputError(f"{path}: image {i + 1} is truncated")
         return frame.reshape(ny, nx).astype(np.float32, copy=False)
 
@@ -132,30 +135,17 @@ class FrameReader:
 
         Reads the page cache through a memory map, without copying the image: a sum
         is non-finite whenever a pixel is (a float32 overflow only costs the exact
-        scan that follows).  Integer images are always finite.
+        scan that follows).  Integer images are always finite.  Raises like ``read``
+        for a missing file or image.
         """
-        lay = self._layouts.get(path)
-        if lay is None:
-            lay = self._layouts[path] = _layout(path, what)
-        if lay.dtype.kind != "f":
-            self.read(path, index, what)  # still proves the image is there
+        lay, _, offset = self._frame(path, index, what)
+        if lay.dtype.kind != "f":  # (the layout check has already proved the file complete)
             return None
-        n, ny, nx = lay.shape
-        i = 0 if index is None else index
-        if i >= n:
-            self.read(path, index, what)  # the same error as reading
-        count = ny * nx
-        frame = np.memmap(
-            path, dtype=lay.dtype, mode="r", offset=lay.offset + i * count * lay.dtype.itemsize,
-            shape=(ny, nx),
-        )  # fmt: skip
-        try:
-            if np.isfinite(np.add.reduce(frame, axis=None)):
-                return None
-            bad = np.argwhere(~np.isfinite(frame))
-            return None if bad.size == 0 else (int(bad[0][1]), int(bad[0][0]))
-        finally:
-            del frame
+        frame = np.memmap(path, dtype=lay.dtype, mode="r", offset=offset, shape=lay.shape[1:])
+        if np.isfinite(np.add.reduce(frame, axis=None)):
+            return None
+        bad = np.argwhere(~np.isfinite(frame))
+        return None if bad.size == 0 else (int(bad[0][1]), int(bad[0][0]))
 
     def close(self) -> None:
         self._layouts.clear()
