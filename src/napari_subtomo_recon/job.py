@@ -593,8 +593,9 @@ def _fingerprint(params: ReconstructParams, inp: Inputs, rank: int, size: int, r
 
 def memory_estimate(params: ReconstructParams, plans: list, batch_bytes: int) -> int:
     """Peak resident bytes of a run: accumulators + the larger of (tilt images and their
-    FFTs + one batch of windows) and (finalisation's temporary volumes)."""
-    from .core.backprojection import Accumulators
+    FFTs + one batch of prepared slices + one chunk of windows) and (finalisation's
+    temporary volumes)."""
+    from .core.backprojection import Accumulators, Settings
 
     s = int(params.b)
     acc = Accumulators.nbytes(s)
@@ -604,7 +605,7 @@ def memory_estimate(params: ReconstructParams, plans: list, batch_bytes: int) ->
         W, H = p.ts.image_size
         pixels = (W + params.b * params.bin) * (H + params.b * params.bin)
         frame = max(frame, int(pixels * 4 * (1 if params.exact else 4)))
-    return acc + max(final, frame + batch_bytes)
+    return acc + max(final, frame + batch_bytes + Settings.chunk_bytes)
 
 
 def _fit_memory(params: ReconstructParams, plans: list, st) -> None:

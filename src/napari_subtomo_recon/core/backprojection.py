@@ -114,10 +114,10 @@ class _Mode:
     inv_bin: float
     ncols: int
     w_shift: int
-    batch: int
+    chunk: int  # windows made at a time
 
     @classmethod
-    def make(cls, s: int, num: int, den: int, win: int, factor: float, batch_bytes: int) -> _Mode:
+    def make(cls, s: int, num: int, den: int, win: int, factor: float, chunk_bytes: int) -> _Mode:
         sh = s // 2 + 1
         if factor != 1.0:
             rows, inv_bin = crop_rows(win, int(win / factor + 0.5)), 1.0 / factor
@@ -125,9 +125,9 @@ class _Mode:
             rows, inv_bin = np.arange(s), 1.0
         ncols = min(cropped_width(win, factor), sh)
         per_window = win * win * 4 + win * (win // 2 + 1) * 8
-        batch = max(1, int(batch_bytes // per_window))
+        chunk = max(1, int(chunk_bytes // per_window))
         return cls(
-            num, den, win, factor, rows.astype(np.int64), inv_bin, ncols, 2 * (ncols - 1), batch
+            num, den, win, factor, rows.astype(np.int64), inv_bin, ncols, 2 * (ncols - 1), chunk
         )
 
     def pays_off(self, particles: int, image_shape, relion: _Mode) -> bool:
@@ -196,7 +196,7 @@ def backproject(
         source, pad = bin_image(img, m.num, m.den, st.window // 2 + 2, st.threads)
         scale = m.num / m.den  # unbinned pixels per source pixel: c -> (c + pad) / scale
         falloff = EDGE_FALLOFF / scale
-        win, chunk, factor = m.win, m.batch, m.factor
+        win, chunk, factor = m.win, m.chunk, m.factor
         ins = max(1, st.batch_bytes // ((s + 1) * (sh + 1) * 16))  # slices per insertion
         to_binned = 1.0 / factor  # window px -> output px (RELION: the nominal bin)
         for start in range(0, idx.size, ins):

@@ -72,6 +72,9 @@ def insert_slice_planes(S, Q, R, D, W, zlo, zhi):
     runs along whichever of x and y crosses it more steeply (runs of >= 2 voxels), over
     only the rows or columns that meet it inside the plane's half disc.  Each voxel is
     visited once, so the order of the sums does not depend on how it is enumerated.
+    The two walks mirror each other but are written out: x runs start at x = 0 and
+    stop at the disc, y runs wrap to negative indices, and each inner loop stays
+    straight-line code.
     """
     s = D.shape[1]
     h2 = S.shape[0] - 1
