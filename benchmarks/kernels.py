@@ -1,0 +1,120 @@
+"""Micro-benchmarks of the two hot kernels, outside the test suite.
+
+    python benchmarks/kernels.py insertion --box 192 --threads 1
+    python benchmarks/kernels.py windows --window 288 --cols 97
+
+``insertion``: ms per slice for random orientations (full radius), best of --reps, and the
+voxels one slice touches.  ``windows``: ms per window to cut out (circle crop) and
+transform (pruned 2D FFT), for several window-batch sizes.  Run at another commit (e.g.
+``git stash; git checkout <commit> -- src``) to compare kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def _random_rotations(n: int, rng) -> np.ndarray:
+    q = rng.normal(size=(n, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    return np.stack(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    ).transpose(2, 0, 1)
+
+
+def insertion(box: int, n: int, threads: int, reps: int) -> None:
+    import numba
+
+    from napari_subtomo_recon.core.insertion import insert_slices, packed_slices, slice_matrices
+
+    numba.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    sh = box // 2 + 1
+    data = (rng.normal(size=(n, box, sh)) + 1j * rng.normal(size=(n, box, sh))).astype(np.complex64)
+    S = packed_slices(data, rng.uniform(size=(n, box, sh)).astype(np.float32))
+    Q = slice_matrices(_random_rotations(n, rng))
+    mf = np.full(n, box // 2, np.int64)
+    half = rng.integers(0, 2, n).astype(np.int64)
+    D = np.zeros((2, box, box, sh), np.complex128)
+    W = np.zeros((2, box, box, sh))
+    insert_slices(S[:2], Q[:2], mf[:2], half[:2], D, W)  # compile / load the cache
+    best = np.inf
+    for _ in range(reps):
+        D[:] = 0
+        W[:] = 0
+        t0 = time.perf_counter()
+        insert_slices(S, Q, mf, half, D, W)
+        best = min(best, time.perf_counter() - t0)
+    voxels = []
+    for i in range(min(n, 20)):  # voxels touched: nonzero weights of one slice alone
+        W[:] = 0
+        insert_slices(S[i : i + 1], Q[i : i + 1], mf[i : i + 1], np.zeros(1, np.int64), D, W)
+        voxels.append(np.count_nonzero(W[0]))
+    print(
+        f"insertion box {box}, {n} slices, --j {threads}: {best / n * 1e3:.3f} ms per slice "
+        f"(best of {reps}); {np.mean(voxels):.0f} voxels per slice"
+    )
+
+
+def windows(window: int, cols: int, n: int, reps: int) -> None:
+    import scipy.fft as sfft
+
+    from napari_subtomo_recon.core.extraction import extract_windows
+
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((4400, 4300)).astype(np.float32)
+    cx, cy = rng.uniform(window, 4300 - window, n), rng.uniform(window, 4400 - window, n)
+    zero = np.zeros(n)
+    for batch in (n, 32, 8, 4):
+        best = (np.inf, np.inf)
+        for _ in range(reps):
+            te = tf = 0.0
+            for a in range(0, n, batch):
+                sl = slice(a, a + batch)
+                k = cx[sl].size
+                t0 = time.perf_counter()
+                w = np.empty((k, window, window), np.float32)
+                extract_windows(img, cx[sl], cy[sl], window, True, w, 5.0, zero[:k], zero[:k])
+                t1 = time.perf_counter()
+                F = sfft.rfft(w, axis=2, norm="ortho")[:, :, :cols]
+                sfft.fft(F, axis=1, norm="ortho", overwrite_x=True)
+                te += t1 - t0
+                tf += time.perf_counter() - t1
+            if te + tf < sum(best):
+                best = (te, tf)
+        print(
+            f"windows {window} px, batch {batch}: cut {best[0] / n * 1e3:.3f} ms, "
+            f"FFT {best[1] / n * 1e3:.3f} ms per window (best of {reps})"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("insertion")
+    a.add_argument("--box", type=int, default=192)
+    a.add_argument("--slices", type=int, default=200)
+    a.add_argument("--threads", type=int, default=1)
+    a.add_argument("--reps", type=int, default=3)
+    b = sub.add_parser("windows")
+    b.add_argument("--window", type=int, default=288)
+    b.add_argument("--cols", type=int, default=97)
+    b.add_argument("--count", type=int, default=96)
+    b.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    if args.cmd == "insertion":
+        insertion(args.box, args.slices, args.threads, args.reps)
+    else:
+        windows(args.window, args.cols, args.count, args.reps)
+
+
+if __name__ == "__main__":
+    main()
