@@ -40,6 +40,7 @@ import re
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -452,13 +453,23 @@ def count_particle_tilts(root: Path, opt_rel: str, box: int) -> tuple[int, int]:
     return n_part, n_pt
 
 
-def make_subset(root: Path, n: int) -> str:
+def make_subset(root: Path, n: int, tomograms: int = 0) -> str:
     """Write ``subsets/particles_first<n>.star`` (the first ⌈n/T⌉ particles of each tomogram, in
-    file order) and a matching optimisation set; return the optimisation set path (rel. root)."""
+    file order) and a matching optimisation set; return the optimisation set path (rel. root).
+
+    ``tomograms`` > 0: all particles of the first that many tomograms instead (``n`` ignored),
+    i.e. fewer tilt series at the data set's full particle density.
+    """
     full = _read_star(root / "particles.star")
     parts = full["particles"]
     names = list(dict.fromkeys(parts["rlnTomoName"].astype(str)))
-    per = [n // len(names) + (k < n % len(names)) for k in range(len(names))]
+    if tomograms:
+        names = names[:tomograms]
+        per = [len(parts)] * len(names)
+        n_tag = f"tomo{len(names)}"
+    else:
+        per = [n // len(names) + (k < n % len(names)) for k in range(len(names))]
+        n_tag = f"first{n}"
     keep = []
     for name, m in zip(names, per, strict=True):
         idx = np.flatnonzero(parts["rlnTomoName"].astype(str).to_numpy() == name)[:m]
@@ -472,9 +483,9 @@ def make_subset(root: Path, n: int) -> str:
             blocks.append((bname, blk, False))
         else:
             blocks.append((bname, {c: list(blk[c]) for c in blk.columns}, True))
-    prel = f"subsets/particles_first{n}.star"
+    prel = f"subsets/particles_{n_tag}.star"
     write_star(root / prel, blocks)
-    orel = f"subsets/optimisation_set_first{n}.star"
+    orel = f"subsets/optimisation_set_{n_tag}.star"
     write_star(
         root / orel,
         [("", {"rlnTomoParticlesFile": prel, "rlnTomoTomogramsFile": "tomograms.star"}, False)],
@@ -724,6 +735,10 @@ def cmd_run(a) -> int:
     if "relion" in programs and not a.relion:
         print("error: --programs relion needs --relion PATH", file=sys.stderr)
         return 1
+    if a.repeat < 1 or (a.relion_repeat is not None and a.relion_repeat < 1):
+        print("error: --repeat and --relion-repeat must be at least 1", file=sys.stderr)
+        return 1
+    relion_repeat = a.repeat if a.relion_repeat is None else min(a.relion_repeat, a.repeat)
     src, src_note = REPO / "src", f"working tree {REPO / 'src'}"
     if not a.ours and not a.no_snapshot:
         # Others may edit the working tree while a long benchmark runs: run a frozen copy.
@@ -748,9 +763,15 @@ def cmd_run(a) -> int:
 
     opt = "optimisation_set.star"
     subset_note = "all particles"
-    if a.particles_limit:
+    subset_tag = ""
+    if a.tomograms_limit:
+        opt = make_subset(root, 0, a.tomograms_limit)
+        subset_note = f"all particles of the first {a.tomograms_limit} tomogram(s): {opt}"
+        subset_tag = f"_tomo{a.tomograms_limit}"
+    elif a.particles_limit:
         opt = make_subset(root, a.particles_limit)
         subset_note = f"first {a.particles_limit} particles (balanced over tomograms): {opt}"
+        subset_tag = f"_first{a.particles_limit}"
     meta_path = root / "bench_dataset.json"
     dataset = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     stacks = sorted((root / "tilt_series").glob("*.mrcs"))
@@ -766,6 +787,7 @@ def cmd_run(a) -> int:
             "optimisation_set": opt,
             "note": subset_note,
             "particles_limit": a.particles_limit,
+            "tomograms_limit": a.tomograms_limit,
         },
         "runs": [],
     }
@@ -800,10 +822,18 @@ def cmd_run(a) -> int:
         if box not in counts:
             counts[box] = count_particle_tilts(root, opt, box)
         n_part, n_pt = counts[box]
+        # Rounds interleave the programs (ours, RELION, ours, ...) so that a slow phase of
+        # the shared host hits both; the report compares medians.
+        schedule = [
+            (rnd, prog)
+            for rnd in range(a.repeat)
+            for prog in programs
+            if prog != "relion" or rnd < relion_repeat
+        ]
         for j in threads:
-            for prog in programs:
-                tag = f"{cfg}_{prog}_j{j}" + (f"_mpi{a.mpi}" if a.mpi else "") + (
-                    f"_first{a.particles_limit}" if a.particles_limit else "")  # fmt: skip
+            for rnd, prog in schedule:
+                tag = f"{cfg}_{prog}_j{j}" + (f"_mpi{a.mpi}" if a.mpi else "") + subset_tag + (
+                    f"_r{rnd + 1}" if a.repeat > 1 else "")  # fmt: skip
                 out_rel = f"runs/{tag}/"
                 shutil.rmtree(root / out_rel, ignore_errors=True)
                 (root / out_rel).mkdir(parents=True)
@@ -857,6 +887,7 @@ def cmd_run(a) -> int:
                     "config": cfg,
                     "threads": j,
                     "mpi": a.mpi or 0,
+                    "round": rnd + 1,
                     "particles": n_part,
                     "particle_tilts": n_pt,
                     "command": shlex.join(shown),
@@ -1008,36 +1039,58 @@ def render_report(results: list[dict]) -> str:
     out.append("")
     out.append(render_table(runs))
     out.append("")
-    # Ratios on matched (config, threads, MPI, subset)
-    rel = {_key(r): r for r in runs if r["program"] == "relion" and r.get("throughput")}
-    rows = []
+    # Ratios on matched (config, threads, MPI, subset), from the median of each program's
+    # runs: repeated rounds interleave the programs, so one slow phase of the host does not
+    # decide a ratio.
+    by: dict[tuple, dict[str, list[dict]]] = {}
     for r in runs:
-        if r["program"] == "relion" or not r.get("throughput"):
+        if r.get("throughput"):
+            by.setdefault(_key(r), {}).setdefault(r["program"], []).append(r)
+    rows = []
+    for k in sorted(by, key=lambda k: ({"bin6": 0, "bin2": 1}.get(k[0], 9), k[3], k[2], k[1])):
+        rel_runs = by[k].get("relion")
+        if not rel_runs:
             continue
-        q = rel.get(_key(r))
-        if not q:
-            continue
-        rows.append(
-            f"| {r['config']} | {PROGRAM_NAMES[r['program']]} | {r['threads']} | "
-            f"{r['mpi'] or '–'} | "
-            f"{r['particles']} | {r['throughput'] / q['throughput']:.1f}× | "
-            f"{r['wall_s']:.1f} s vs {q['wall_s']:.1f} s | {r['peak_rss'] / q['peak_rss']:.2f} "
-            f"({_gib(r['peak_rss'])} vs {_gib(q['peak_rss'])} GiB) | "
-            f"{r['peak_anon_tree_sampled'] / q['peak_anon_tree_sampled']:.2f} | "
-            f"{(q['cpu_user_s'] + q['cpu_sys_s']) / (r['cpu_user_s'] + r['cpu_sys_s']):.1f}× |"
-        )
+        q_tp = [x["throughput"] for x in rel_runs]
+        q_wall = statistics.median(x["wall_s"] for x in rel_runs)
+        q_rss = min(x["peak_rss"] for x in rel_runs)
+        q_anon = min(x["peak_anon_tree_sampled"] for x in rel_runs)
+        q_cpu = statistics.median(x["cpu_user_s"] + x["cpu_sys_s"] for x in rel_runs)
+        for prog, rs in sorted(by[k].items()):
+            if prog == "relion":
+                continue
+            tp = [x["throughput"] for x in rs]
+            ratio = statistics.median(tp) / statistics.median(q_tp)
+            spread = (
+                f"{min(tp) / max(q_tp):.1f}–{max(tp) / min(q_tp):.1f}×"
+                if len(tp) + len(q_tp) > 2
+                else "–"
+            )
+            rss = max(x["peak_rss"] for x in rs)
+            anon = max(x["peak_anon_tree_sampled"] for x in rs)
+            cpu = statistics.median(x["cpu_user_s"] + x["cpu_sys_s"] for x in rs)
+            wall = statistics.median(x["wall_s"] for x in rs)
+            rows.append(
+                f"| {k[0]} | {PROGRAM_NAMES[prog]} | {k[1]} | {k[2] or '–'} | {k[3]} | "
+                f"{len(rs)} / {len(rel_runs)} | **{ratio:.1f}×** | {spread} | "
+                f"{wall:.1f} s vs {q_wall:.1f} s | {rss / q_rss:.2f} "
+                f"({_gib(rss)} vs {_gib(q_rss)} GiB) | {anon / q_anon:.2f} | {q_cpu / cpu:.1f}× |"
+            )
     if rows:
         out.append(
-            "Ours / RELION on the same data, flags and threads (throughput ratio = ours / RELION, "
-            "higher is better; memory ratios = ours / RELION, lower is better; the CPU-time ratio "
-            "is insensitive to other users' load):"
+            "Ours / RELION on the same data, flags and threads.  *Throughput ratio* = median of "
+            "our runs / median of RELION's runs (higher is better); *range* = our slowest run / "
+            "RELION's fastest … our fastest / RELION's slowest; wall times are medians; memory "
+            "ratios = our largest peak / RELION's smallest (lower is better); the CPU-time ratio "
+            "(medians) is insensitive to other users' load:"
         )
         out.append("")
         out.append(
-            "| config | program | --j | MPI | particles | throughput ratio | wall time "
-            "| peak RSS ratio | anon. RSS ratio | CPU-time ratio (RELION / ours) |"
+            "| config | program | --j | MPI | particles | runs (ours / RELION) "
+            "| throughput ratio | range | wall time (median) | peak RSS ratio "
+            "| anon. RSS ratio | CPU-time ratio (RELION / ours) |"
         )
-        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         out += rows
         out.append("")
     # Marginal throughput from two subset sizes of the same program/config/threads: separates
@@ -1154,6 +1207,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--threads", default="1,2", help="comma-separated --j values [1,2]")
     r.add_argument("--configs", default="bin6,bin2", help=f"comma-separated, from {list(CONFIGS)}")
     r.add_argument("--particles-limit", type=int, default=0, help="use only this many particles")
+    r.add_argument(
+        "--tomograms-limit", type=int, default=0,
+        help="use only the first K tomograms, with all their particles (full density)",
+    )  # fmt: skip
     r.add_argument("--exact", action="store_true", help="also run subtomo-recon --exact")
     r.add_argument("--programs", default="", help="explicit list: ours,ours-exact,relion")
     r.add_argument("--mpi", type=int, default=0, help="run both under mpirun -n N")
@@ -1161,6 +1218,14 @@ def main(argv: list[str] | None = None) -> int:
         "--ours", default="", help="command for subtomo-recon [python -m napari_subtomo_recon]"
     )
     r.add_argument("--out", default="results.json")
+    r.add_argument(
+        "--repeat", type=int, default=1,
+        help="rounds per config and --j; each round runs every program once, interleaved [1]",
+    )  # fmt: skip
+    r.add_argument(
+        "--relion-repeat", type=int, default=None,
+        help="run RELION only in the first M rounds (it is slow and steadier) [all]",
+    )  # fmt: skip
     r.add_argument(
         "--quiet-wait",
         type=float,
