@@ -1,10 +1,12 @@
 """Micro-benchmarks of the two hot kernels, outside the test suite.
 
-    python benchmarks/kernels.py insertion --box 192 --threads 1
+    python benchmarks/kernels.py insertion --box 192 --threads 1 --batches 128,1024
     python benchmarks/kernels.py windows --window 288 --cols 97
 
-``insertion``: ms per slice for random orientations (full radius), best of --reps, and the
-voxels one slice touches.  ``windows``: ms per window to cut out (circle crop) and
+``insertion``: ms per slice for random orientations (full radius), inserted in batches of
+each --batches size with double-precision sums (RELION's path) and single-precision ones
+(the fast path), all variants taking turns; median of --reps; and the voxels one slice
+touches.  ``windows``: ms per window to cut out (circle crop) and
 transform (pruned 2D FFT), for several window-batch sizes.  Run at another commit (e.g.
 ``git stash; git checkout <commit> -- src``) to compare kernels.
 """
@@ -30,7 +32,7 @@ def _random_rotations(n: int, rng) -> np.ndarray:
     ).transpose(2, 0, 1)
 
 
-def insertion(box: int, n: int, threads: int, reps: int) -> None:
+def insertion(box: int, n: int, threads: int, reps: int, batches: list[int]) -> None:
     import numba
 
     from napari_subtomo_recon.core.insertion import insert_slices, packed_slices, slice_matrices
@@ -40,28 +42,37 @@ def insertion(box: int, n: int, threads: int, reps: int) -> None:
     sh = box // 2 + 1
     data = (rng.normal(size=(n, box, sh)) + 1j * rng.normal(size=(n, box, sh))).astype(np.complex64)
     S = packed_slices(data, rng.uniform(size=(n, box, sh)).astype(np.float32))
+    del data
     Q = slice_matrices(_random_rotations(n, rng))
     mf = np.full(n, box // 2, np.int64)
     half = rng.integers(0, 2, n).astype(np.int64)
     D = np.zeros((2, box, box, sh), np.complex128)
     W = np.zeros((2, box, box, sh))
-    insert_slices(S[:2], Q[:2], mf[:2], half[:2], D, W)  # compile / load the cache
-    best = np.inf
+    for single in (False, True):  # compile / load the cache
+        insert_slices(S[:2], Q[:2], mf[:2], half[:2], D, W, single=single)
+    times: dict[tuple[bool, int], list[float]] = {}
+    # all variants take turns in every repetition, so a slow phase of the host hits each
     for _ in range(reps):
-        D[:] = 0
-        W[:] = 0
-        t0 = time.perf_counter()
-        insert_slices(S, Q, mf, half, D, W)
-        best = min(best, time.perf_counter() - t0)
+        for single in (False, True):
+            for b in batches:
+                t0 = time.perf_counter()
+                for a in range(0, n, b):
+                    sl = slice(a, a + b)
+                    insert_slices(S[sl], Q[sl], mf[sl], half[sl], D, W, single=single)
+                times.setdefault((single, b), []).append((time.perf_counter() - t0) / n * 1e3)
     voxels = []
     for i in range(min(n, 20)):  # voxels touched: nonzero weights of one slice alone
         W[:] = 0
         insert_slices(S[i : i + 1], Q[i : i + 1], mf[i : i + 1], np.zeros(1, np.int64), D, W)
         voxels.append(np.count_nonzero(W[0]))
     print(
-        f"insertion box {box}, {n} slices, --j {threads}: {best / n * 1e3:.3f} ms per slice "
-        f"(best of {reps}); {np.mean(voxels):.0f} voxels per slice"
+        f"insertion box {box}, {n} slices, --j {threads}, {np.mean(voxels):.0f} voxels per slice:"
     )
+    for (single, b), v in sorted(times.items()):
+        print(
+            f"  {'single' if single else 'double'} sums, batches of {b:5d}: "
+            f"{np.median(v):.3f} ms per slice (median of {reps}; {min(v):.3f}-{max(v):.3f})"
+        )
 
 
 def windows(window: int, cols: int, n: int, reps: int) -> None:
@@ -101,9 +112,10 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("insertion")
     a.add_argument("--box", type=int, default=192)
-    a.add_argument("--slices", type=int, default=200)
+    a.add_argument("--slices", type=int, default=1024)
     a.add_argument("--threads", type=int, default=1)
     a.add_argument("--reps", type=int, default=3)
+    a.add_argument("--batches", default="128,1024", help="slices per insertion pass, compared")
     b = sub.add_parser("windows")
     b.add_argument("--window", type=int, default=288)
     b.add_argument("--cols", type=int, default=97)
@@ -111,7 +123,8 @@ def main() -> None:
     b.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     if args.cmd == "insertion":
-        insertion(args.box, args.slices, args.threads, args.reps)
+        batches = [int(b) for b in args.batches.split(",")]
+        insertion(args.box, args.slices, args.threads, args.reps, batches)
     else:
         windows(args.window, args.cols, args.count, args.reps)
 

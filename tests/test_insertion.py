@@ -109,8 +109,9 @@ def test_identity_orientation_fills_the_central_plane_exactly():
     assert np.allclose(W[1, 0][inside], 1.0)
 
 
+@pytest.mark.parametrize("single", [False, True])
 @pytest.mark.parametrize("block", [1, 2, 5])
-def test_batch_equals_slice_by_slice_for_any_threads_and_blocks(block):
+def test_batch_equals_slice_by_slice_for_any_threads_and_blocks(block, single):
     rng = np.random.default_rng(2)
     s, n = 14, 9
     sh = s // 2 + 1
@@ -129,17 +130,24 @@ def test_batch_equals_slice_by_slice_for_any_threads_and_blocks(block):
         Dr, Wr = reference_insert(data[i].astype(complex), weight[i].astype(float), Q[i], mf[i], s)
         ref_D[half[i]] += Dr
         ref_W[half[i]] += Wr
+    # the batch is added to what the accumulators already hold
+    D0 = rng.normal(size=ref_D.shape) + 1j * rng.normal(size=ref_D.shape)
+    W0 = rng.uniform(size=ref_W.shape)
     results = []
     for threads in (1, 2):
         numba.set_num_threads(threads)
-        D = np.zeros((2, s, s, sh), complex)
-        W = np.zeros((2, s, s, sh))
-        insert_slices(packed_slices(data, weight), Q, mf, half, D, W, block=block)
-        results.append((D, W))
+        D, W = D0.copy(), W0.copy()
+        insert_slices(packed_slices(data, weight), Q, mf, half, D, W, block=block, single=single)
+        results.append((D - D0, W - W0))
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    assert np.allclose(results[0][0], ref_D, atol=1e-6) and np.allclose(
-        results[0][1], ref_W, atol=1e-6
-    )
+    # double: the reference's own rounding; single: each voxel's batch sum rounded to float32
+    tol = 1e-5 if single else 1e-6
+    assert np.abs(results[0][0] - ref_D).max() < tol * np.abs(ref_D).max()
+    assert np.abs(results[0][1] - ref_W).max() < tol * np.abs(ref_W).max()
+    # from zero, the single kernel's sums are float32 numbers, the double kernel's are not
+    D, W = np.zeros_like(D0), np.zeros_like(W0)
+    insert_slices(packed_slices(data, weight), Q, mf, half, D, W, block=block, single=single)
+    assert np.array_equal(W, W.astype(np.float32)) == single
     # owner-computes: the same sums in the same order whatever the number of threads
     assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(
         results[0][1], results[1][1]

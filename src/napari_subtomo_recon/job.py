@@ -595,9 +595,10 @@ def memory_estimate(params: ReconstructParams, plans: list, batch_bytes: int) ->
     """Peak resident bytes of a run: accumulators + the larger of (tilt images and their
     FFTs + one batch of prepared slices + one chunk of windows) and (finalisation's
     temporary volumes)."""
-    from .core.backprojection import Accumulators, Settings
+    from .core.backprojection import Accumulators, Settings, packed_bytes
 
     s = int(params.b)
+    batch_bytes = min(batch_bytes, Settings.batch_slices * packed_bytes(s))
     acc = Accumulators.nbytes(s)
     final = 8 * s**3 * 8
     frame = 0

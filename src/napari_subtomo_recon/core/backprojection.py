@@ -31,6 +31,11 @@ from .particles import ParticleGeometry
 from .whitening import whitening_filter
 
 
+def packed_bytes(box: int) -> int:
+    """Bytes of one prepared slice (see :func:`~.insertion.packed_slices`)."""
+    return (box + 1) * (box // 2 + 2) * 16
+
+
 @dataclass
 class Settings:
     """The reconstruction options that shape the per-slice work."""
@@ -44,12 +49,20 @@ class Settings:
     exact: bool = False  # RELION's per-window extraction instead of binning each tilt once
     prebin: str = "auto"  # fast path: bin a tilt first "always", "never" or when it pays off
     threads: int = 1
-    # prepared slices inserted in one pass over the accumulator's planes: the more, the
-    # better each plane's time in cache is used (measured ~1.35x from 8 to 256 MiB)
+    # prepared slices inserted in one pass over the accumulator's planes.  A plane's
+    # pass reads a strip of every slice and the next plane's strips overlap it: with
+    # ~128 slices those strips stay in the core's cache (1.5-1.6x faster insertion than
+    # 900 slices at box 192, fewer is slower again: benchmarks/kernels.py insertion
+    # --batch); batch_bytes caps the memory (--mem).
+    batch_slices: int = 128
     batch_bytes: int = 256 * 2**20
     # windows and their FFTs are made a few at a time so that they stay in cache
     # between extraction, FFT and the fused CTF step (~25% faster FFTs than 256 MiB)
     chunk_bytes: int = 8 * 2**20
+
+    def insertion_batch(self) -> int:
+        """Slices per insertion pass."""
+        return max(1, min(self.batch_slices, self.batch_bytes // packed_bytes(self.box)))
 
     @property
     def window(self) -> int:
@@ -197,7 +210,7 @@ def backproject(
         scale = m.num / m.den  # unbinned pixels per source pixel: c -> (c + pad) / scale
         falloff = EDGE_FALLOFF / scale
         win, chunk, factor = m.win, m.chunk, m.factor
-        ins = max(1, st.batch_bytes // ((s + 1) * (sh + 1) * 16))  # slices per insertion
+        ins = st.insertion_batch()
         to_binned = 1.0 / factor  # window px -> output px (RELION: the nominal bin)
         for start in range(0, idx.size, ins):
             sel = idx[start : start + ins]
@@ -236,6 +249,6 @@ def backproject(
             B = scale_ratio * (P3[None] @ geo.rotation[sel])
             Q = slice_matrices(B)
             max_freq = np.full(nb, terms.x_ranges[f, 0], np.int64)
-            insert_slices(packed, Q, max_freq, half[sel], acc.data, acc.weight)
+            insert_slices(packed, Q, max_freq, half[sel], acc.data, acc.weight, single=not st.exact)
             del packed
             yield nb

@@ -9,7 +9,9 @@ Accumulators: ``D`` complex128 and ``W`` float64 of shape (2, s, s, s//2+1)
 [half, z, y, x].  Threads own disjoint blocks of z planes and insert every slice of
 a batch into their planes: no atomics, no per-thread copies of the volumes (memory
 does not grow with threads), the same sums in the same order whatever the number
-of threads, and a plane stays in cache while a batch of slices passes.
+of threads, and a plane stays in cache while a batch of slices passes.  The fast
+path sums each batch in single-precision planes first (``single=True``); RELION's
+path adds every sample to the double-precision accumulators directly.
 """
 
 from __future__ import annotations
@@ -64,8 +66,10 @@ def _range(lo_num, hi_num, den):
 
 
 @njit(cache=True, nogil=True)
-def insert_slice_planes(S, Q, R, D, W, zlo, zhi):
+def insert_slice_planes(S, Q, R, D, W, zlo, zhi, z0):
     """Insert one slice into the planes of signed frequency zlo..zhi (inclusive) of D, W.
+
+    ``D[k]``, ``W[k]`` hold the plane of index ``z0 + k`` (0 for whole volumes).
 
     The voxels visited are exactly RELION's (|q_z| < 1, x <= sqrt(R² - y² - z²),
     |q_x| < wh, |q_y| < h/2 + 1).  In a plane z the slab is a band; it is walked in
@@ -96,7 +100,7 @@ def insert_slice_planes(S, Q, R, D, W, zlo, zhi):
         while rz * rz > rz2:
             rz -= 1
         xm = min(xmax, rz)
-        zi = zz + s if zz < 0 else zz
+        zi = (zz + s if zz < 0 else zz) - z0
         c = nz * zz
         if xrun and nx == 0.0:  # slice normal along z: the whole plane or nothing
             if not (-1.0 < c < 1.0):
@@ -183,7 +187,61 @@ def _insert_batch(S, Q, max_freq, half, D, W, block, T):
                     continue
                 for i in range(n):
                     h = half[i]
-                    insert_slice_planes(S[i], Q[i], max_freq[i], D[h], W[h], a0 + off, a1 - 1 + off)
+                    insert_slice_planes(
+                        S[i], Q[i], max_freq[i], D[h], W[h], a0 + off, a1 - 1 + off, 0
+                    )
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _insert_batch_single(S, Q, max_freq, half, D, W, block, T):
+    """``_insert_batch`` summing each block's share of the batch in single precision.
+
+    Per thread, one half set's planes of the block are accumulated in complex64/float32
+    scratch (at box 256 ~0.4 MB per plane, which stays in L2 where the double-precision
+    plane of both halves, 1.6 MB, does not) and then added to the double-precision
+    accumulators: ~20% faster at one thread.  Every voxel's sum over one batch is then
+    rounded to float32 (relative ~1e-7); the fast path's maps do not depend on that
+    (it agrees with the exact path at FSC >= 0.9998), RELION's path does not use it.
+    """
+    s = D.shape[1]
+    sx = D.shape[3]
+    n = S.shape[0]
+    nb = (s + block - 1) // block
+    counts = np.zeros(2, np.int64)
+    for i in range(n):
+        counts[half[i]] += 1
+    for t in prange(T):
+        Ds = np.empty((block, s, sx), np.complex64)
+        Ws = np.empty((block, s, sx), np.float32)
+        for b in range(t, nb, T):
+            i0 = b * block
+            i1 = min(s, i0 + block)
+            for hh in range(2):
+                if counts[hh] == 0:
+                    continue
+                Ds[:] = 0
+                Ws[:] = 0
+                for part in range(2):
+                    if part == 0:
+                        a0, a1 = i0, min(i1, s // 2)
+                        off = 0
+                    else:
+                        a0, a1 = max(i0, s // 2), i1
+                        off = -s
+                    if a0 >= a1:
+                        continue
+                    for i in range(n):
+                        if half[i] == hh:
+                            insert_slice_planes(
+                                S[i], Q[i], max_freq[i], Ds, Ws, a0 + off, a1 - 1 + off, i0
+                            )
+                for k in range(i1 - i0):
+                    Dp = D[hh, i0 + k]
+                    Wp = W[hh, i0 + k]
+                    for y in range(s):
+                        for x in range(sx):
+                            Dp[y, x] += Ds[k, y, x]
+                            Wp[y, x] += Ws[k, y, x]
 
 
 def packed_slices(data: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -205,10 +263,13 @@ def packed_slices(data: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return S
 
 
-def insert_slices(S, Q, max_freq, half, D, W, block: int = PLANES_PER_BLOCK) -> None:
+def insert_slices(
+    S, Q, max_freq, half, D, W, block: int = PLANES_PER_BLOCK, single: bool = False
+) -> None:
     """Insert packed slices S (n, s+1, s//2+2, 4) with matrices Q (n, 3, 3) into D, W.
 
-    D and W are (2, s, s, s//2+1): [half, z, y, x].
+    D and W are (2, s, s, s//2+1): [half, z, y, x].  ``single``: sum this batch in
+    single precision before adding it to D, W (faster; see ``_insert_batch_single``).
     """
     # the kernel does not check bounds: refuse mismatched shapes here
     n = S.shape[0]
@@ -221,7 +282,8 @@ def insert_slices(S, Q, max_freq, half, D, W, block: int = PLANES_PER_BLOCK) -> 
         )
     if len(Q) != n or len(max_freq) != n or len(half) != n or (n and np.max(half) > 1):
         raise ValueError("Q, max_freq and half need one entry per slice; half is 0 or 1")
-    _insert_batch(
+    kernel = _insert_batch_single if single else _insert_batch
+    kernel(
         S, np.ascontiguousarray(Q, dtype=np.float64),
         np.asarray(max_freq, np.int64), np.asarray(half, np.int64), D, W, block,
         numba.get_num_threads(),
@@ -233,7 +295,7 @@ def insert_slice(data, weight, Q, max_freq, D, W) -> None:
     s = D.shape[0]
     S = packed_slices(np.asarray(data)[None], np.asarray(weight)[None])[0]
     insert_slice_planes(
-        S, np.ascontiguousarray(Q, np.float64), int(max_freq), D, W, -(s // 2), s // 2 - 1
+        S, np.ascontiguousarray(Q, np.float64), int(max_freq), D, W, -(s // 2), s // 2 - 1, 0
     )
 
 
