@@ -203,3 +203,20 @@ def test_a_project_folder_instead_of_the_working_directory(tmp_path, monkeypatch
     opt = starfile.read(res.files["optimisation_set"])
     assert opt["rlnTomoReferenceMap1File"] == "Reconstruct/job001/half1.mrc"
     assert not any((tmp_path / "elsewhere").iterdir())
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_openmp_workers_wait_passively_unless_told_otherwise(preset):
+    # set by the package before Numba's OpenMP layer loads; a user's setting wins
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = SRC
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = (
+        "import os, napari_subtomo_recon.core.insertion, numba; "
+        "print(os.environ['OMP_WAIT_POLICY'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == (preset or "PASSIVE")
