@@ -311,7 +311,7 @@ def fast_window(box: int, binning: float, oversampling: float = 1.5) -> tuple[in
     output pixel, then each window (``oversampling``·box px) is cut out, masked,
     transformed and cropped to ``box`` as RELION does with its unbinned windows.
     Oversampling keeps most of what the mask's edge spreads across the output band's
-    border: at 1.5 the maps agree with RELION's path to FSC >= 0.9998 on simulated
+    border: at 1.5 the maps agree with RELION's path to FSC >= 0.997 on simulated
     data (1.0 gives 0.988 at Nyquist).  Where RELION's window is no larger than that,
     the tilts are not binned at all and both paths are the same.
     """

@@ -201,7 +201,7 @@ def _insert_batch_single(S, Q, max_freq, half, D, W, block, T):
     plane of both halves, 1.6 MB, does not) and then added to the double-precision
     accumulators: ~20% faster at one thread.  Every voxel's sum over one batch is then
     rounded to float32 (relative ~1e-7); the fast path's maps do not depend on that
-    (it agrees with the exact path at FSC >= 0.9998), RELION's path does not use it.
+    (it agrees with the exact path at FSC >= 0.997), RELION's path does not use it.
     """
     s = D.shape[1]
     sx = D.shape[3]
