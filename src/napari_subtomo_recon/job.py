@@ -591,14 +591,14 @@ def _fingerprint(params: ReconstructParams, inp: Inputs, rank: int, size: int, r
     }
 
 
-def memory_estimate(params: ReconstructParams, plans: list, batch_bytes: int) -> int:
+def memory_estimate(params: ReconstructParams, plans: list, st) -> int:
     """Peak resident bytes of a run: accumulators + the larger of (tilt images and their
     FFTs + one batch of prepared slices + one chunk of windows) and (finalisation's
     temporary volumes)."""
-    from .core.backprojection import Accumulators, Settings, packed_bytes
+    from .core.backprojection import Accumulators, packed_bytes
 
     s = int(params.b)
-    batch_bytes = min(batch_bytes, Settings.batch_slices * packed_bytes(s))
+    batch_bytes = st.insertion_batch() * packed_bytes(s)
     acc = Accumulators.nbytes(s)
     final = 8 * s**3 * 8
     frame = 0
@@ -606,7 +606,7 @@ def memory_estimate(params: ReconstructParams, plans: list, batch_bytes: int) ->
         W, H = p.ts.image_size
         pixels = (W + params.b * params.bin) * (H + params.b * params.bin)
         frame = max(frame, int(pixels * 4 * (1 if params.exact else 4)))
-    return acc + max(final, frame + batch_bytes + Settings.chunk_bytes)
+    return acc + max(final, frame + batch_bytes + st.chunk_bytes)
 
 
 def _fit_memory(params: ReconstructParams, plans: list, st) -> None:
@@ -619,11 +619,9 @@ def _fit_memory(params: ReconstructParams, plans: list, st) -> None:
     if limit is None:
         return
     per_slice = int(params.b) ** 2 * 40  # a window, its FFT and the prepared slice
-    while (
-        memory_estimate(params, plans, st.batch_bytes) > limit and st.batch_bytes > 16 * per_slice
-    ):
+    while memory_estimate(params, plans, st) > limit and st.batch_bytes > 16 * per_slice:
         st.batch_bytes //= 2
-    need = memory_estimate(params, plans, st.batch_bytes)
+    need = memory_estimate(params, plans, st)
     if need > limit:
         what = (
             f"--mem {params.mem:g}"
