@@ -196,6 +196,32 @@ def _insert_batch(S, Q, max_freq, half, D, W, block, T):
             _insert_block(S, Q, max_freq, half, -1, D, W, b * block, min(s, b * block + block), 0)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _disc_rows(R, zz, s):
+    """For plane z = zz: the rows y (signed, from y0 to y1) and for each the last x of the
+    disc x² + y² <= R² - zz² that insertion can reach (nothing when y0 > y1)."""
+    rz2 = R * R - zz * zz
+    if rz2 < 0:
+        return 1, 0, rz2
+    rz = int(math.sqrt(rz2))
+    while (rz + 1) * (rz + 1) <= rz2:
+        rz += 1
+    while rz * rz > rz2:
+        rz -= 1
+    return max(-rz, -(s // 2)), min(rz, s // 2 - 1), rz2
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_end(rem, wh):
+    """Last x with x² <= rem (rem >= 0), capped at wh - 1."""
+    r = int(math.sqrt(rem))
+    while (r + 1) * (r + 1) <= rem:
+        r += 1
+    while r * r > rem:
+        r -= 1
+    return min(r, wh - 1)
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _insert_batch_single(S, Q, max_freq, half, D, W, block, T):
     """``_insert_batch`` summing each block's share of the batch in single precision.
@@ -206,26 +232,44 @@ def _insert_batch_single(S, Q, max_freq, half, D, W, block, T):
     accumulators.  Every voxel's sum over one batch is then rounded to float32
     (relative ~1e-7); the fast path's maps do not depend on that (it agrees with the
     exact path at FSC >= 0.997), RELION's path does not use it.
+
+    Only the ball the batch can reach (radius max(max_freq), the same disc test as
+    :func:`insert_slice_planes`) is cleared and added: half the cube, and the add
+    streams the double-precision volume through memory once per batch (~30% of the
+    insertion time at box 256 when it covered the whole cube).
     """
     s = D.shape[1]
+    wh = D.shape[3]
     nb = (s + block - 1) // block
     counts = np.zeros(2, np.int64)
+    R = 0
     for i in range(S.shape[0]):
         counts[half[i]] += 1
+        R = max(R, max_freq[i])
     for t in prange(T):
-        Ds = np.empty((2, block, s, D.shape[3]), np.complex64)
-        Ws = np.empty((2, block, s, D.shape[3]), np.float32)
+        Ds = np.empty((2, block, s, wh), np.complex64)
+        Ws = np.empty((2, block, s, wh), np.float32)
         for b in range(t, nb, T):
             i0 = b * block
             i1 = min(s, i0 + block)
             for hh in range(2):
                 if counts[hh] == 0:
                     continue
-                Ds[hh] = 0
-                Ws[hh] = 0
+                for zi in range(i0, i1):
+                    y0, y1, rz2 = _disc_rows(R, zi if zi < s // 2 else zi - s, s)
+                    for yy in range(y0, y1 + 1):
+                        yi = yy + s if yy < 0 else yy
+                        xe = _row_end(rz2 - yy * yy, wh) + 1
+                        Ds[hh, zi - i0, yi, :xe] = 0
+                        Ws[hh, zi - i0, yi, :xe] = 0
                 _insert_block(S, Q, max_freq, half, hh, Ds, Ws, i0, i1, i0)
-                D[hh, i0:i1] += Ds[hh, : i1 - i0]
-                W[hh, i0:i1] += Ws[hh, : i1 - i0]
+                for zi in range(i0, i1):
+                    y0, y1, rz2 = _disc_rows(R, zi if zi < s // 2 else zi - s, s)
+                    for yy in range(y0, y1 + 1):
+                        yi = yy + s if yy < 0 else yy
+                        xe = _row_end(rz2 - yy * yy, wh) + 1
+                        D[hh, zi, yi, :xe] += Ds[hh, zi - i0, yi, :xe]
+                        W[hh, zi, yi, :xe] += Ws[hh, zi - i0, yi, :xe]
 
 
 def packed_slices(data: np.ndarray, weight: np.ndarray) -> np.ndarray:
