@@ -11,6 +11,7 @@ from napari_subtomo_recon.core.extraction import (
     extract_windows,
     finish_slices,
     fourier_crop,
+    rotation_table,
     shift_factors,
     shift_phase,
 )
@@ -87,7 +88,8 @@ def test_shift_phase_moves_a_blob_to_the_origin():
     assert abs((m * yy).sum() - s // 2) < 1e-3
 
 
-def test_finish_slices_equals_numpy_composition():
+@pytest.mark.parametrize("zernike", [False, True])
+def test_finish_slices_equals_numpy_composition(zernike):
     rng = np.random.default_rng(5)
     s, binning, w = 24, 1.5, 36
     sh = s // 2 + 1
@@ -97,20 +99,26 @@ def test_finish_slices_equals_numpy_composition():
     )
     tx, ty = rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n)
     px = 1.7 * binning
-    U0, V0, dz = 25000.0, 24600.0, rng.uniform(-300, 300, n)
+    # depths up to ±3000 Å turn γ by several radians at Nyquist: the rotation tables must follow
+    U0, V0, dz = 25000.0, 24600.0, rng.uniform(-3000, 3000, n)
     const = ctf_constants(300, 2.7, 0.1, 10.0, 0.9, 0.0)
     dose = dose_weights([30.0], s, px)[0]
     xr = dose_x_ranges(dose[None], 0.2)[0]
-    gamma0, u2, env = tilt_ctf_terms(s, px, U0, V0, 33.0, const)
+    empty = np.zeros((0, 1, 1))
+    # two optics groups with their own even (γ offset) and odd (phase) aberrations
+    group = np.array([0, 1, 1, 0]) if zernike else np.zeros(n, np.int64)
+    even = rng.uniform(-1, 1, (2, s, sh)) if zernike else empty
+    odd_phase = rng.uniform(-1, 1, (2, s, sh)) if zernike else empty
+    sin_g0, cos_g0, u2_unit, env = tilt_ctf_terms(s, px, U0, V0, 33.0, const, even)
+    odd = np.exp(-1j * odd_phase) if zernike else empty.astype(complex)
     ex, ey = shift_factors(s, s, tx, ty)
     packed = np.empty((n, s + 1, sh + 1, 4), np.float32)
-    empty = np.zeros((0, 1, 1))
 
     def run(do_ctf):
         finish_slices(
-            F, crop_rows(w, s), sh, 1 / binning, ex, ey, gamma0, u2, env, const.k1 * dz, empty,
-            empty, np.zeros(n, np.int64), dose, xr, np.zeros((0, 1), np.float32), do_ctf, -1.0,
-            packed,
+            F, crop_rows(w, s), sh, 1 / binning, ex, ey, sin_g0, cos_g0, u2_unit, env,
+            const.k1 * dz, odd, group, dose, xr, np.zeros((0, 1), np.float32),
+            do_ctf, -1.0, packed,
         )  # fmt: skip
         # the layout repeats row 0 after the last row and column sh-2 after the last column
         assert np.array_equal(packed[:, s], packed[:, 0])
@@ -126,11 +134,28 @@ def test_finish_slices_equals_numpy_composition():
             / binning
             * shift_phase(s, tx[i], ty[i])
         )
-        c = -ctf_image(s, px, U0 + dz[i], V0 + dz[i], 33.0, const).astype(np.float64) * dose
+        g = group[i]
+        offset = even[g] if zernike else None
+        c = ctf_image(s, px, U0 + dz[i], V0 + dz[i], 33.0, const, offset).astype(np.float64)
+        c = -c * dose
+        if zernike:
+            ref = ref * np.exp(-1j * odd_phase[g])
         assert np.allclose(data[i], np.where(keep, c * ref, 0), atol=2e-5)
         assert np.allclose(weight[i], np.where(keep, c * c, 0), atol=2e-6)
+    if zernike:
+        return
     # without CTF: only the contrast flip, no zeroing, unit weights
     data, weight = run(False)
     ref = fourier_crop(F[0].astype(np.complex128), binning) / binning * shift_phase(s, tx[0], ty[0])
     assert np.allclose(data[0], -ref, atol=2e-5)
     assert np.all(weight == 1.0)
+
+
+def test_rotation_table_matches_direct_cos_sin():
+    M, theta = 20000, 0.37  # m·θ up to 7400 rad
+    out = np.empty((M + 1, 2))
+    rotation_table(theta, M, out)
+    m = np.arange(M + 1)
+    # the direct values' own argument rounding is ~ulp(7400) = 9e-13
+    assert np.abs(out[:, 0] - np.cos(m * theta)).max() < 1e-11
+    assert np.abs(out[:, 1] - np.sin(m * theta)).max() < 1e-11

@@ -10,9 +10,9 @@ from napari_subtomo_recon.job import run_to_completion
 from napari_subtomo_recon.simulate import simulate
 
 
-def reconstruct(root, monkeypatch, *flags, out="job"):
+def reconstruct(root, monkeypatch, *flags, out="job", j="2"):
     monkeypatch.chdir(root)
-    params, _ = parse_args(["--i", "optimisation_set.star", "--o", out, "--j", "2", *flags])
+    params, _ = parse_args(["--i", "optimisation_set.star", "--o", out, "--j", j, *flags])
     return run_to_completion(params)
 
 
@@ -61,3 +61,32 @@ def test_fast_path_agrees_with_exact_path_and_truth(tmp_path, monkeypatch):
     exact_t = fsc(mrcfile.read(ds.root / "exact" / "merged.mrc"), truth)
     fast_t = fsc(mrcfile.read(ds.root / "fast" / "merged.mrc"), truth)
     assert np.all(fast_t[1:] >= exact_t[1:] - 0.01), (np.round(exact_t, 3), np.round(fast_t, 3))
+
+
+def test_thread_count_does_not_change_the_map(c1_data, monkeypatch):
+    """--j 2 makes the windows in a pool of threads, whole chunks each: the same numbers."""
+    import threading
+
+    import numba
+
+    from napari_subtomo_recon.core import backprojection as bp
+
+    make, prepare = bp._Mode.make.__func__, bp._prepare_chunk
+    # a few windows per chunk, so that every batch is shared out between the threads
+    monkeypatch.setattr(bp._Mode, "make", classmethod(lambda cls, *a: make(cls, *a[:-1], 100_000)))
+    seen = []
+
+    def spy(*a):
+        seen.append((threading.get_ident(), numba.get_num_threads()))
+        return prepare(*a)
+
+    monkeypatch.setattr(bp, "_prepare_chunk", spy)
+    maps = {}
+    for j in ("1", "2"):
+        seen.clear()
+        reconstruct(c1_data.root, monkeypatch, "--b", "48", "--bin", "2", "--prebin", "always",
+                    out=f"j{j}", j=j)  # fmt: skip
+        threads = {t for t, _ in seen}
+        assert len(threads) == int(j) and {k for _, k in seen} == {1}, (j, len(seen))
+        maps[j] = [mrcfile.read(c1_data.root / f"j{j}" / f"{n}.mrc") for n in ("half1", "half2")]
+    assert all(np.array_equal(a, b) for a, b in zip(maps["1"], maps["2"], strict=True))

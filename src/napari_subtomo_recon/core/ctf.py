@@ -89,12 +89,16 @@ def ctf_image(
 
 
 def tilt_ctf_terms(s: int, pixel_size: float, defocus_u: float, defocus_v: float, angle_deg: float,
-                   const: CtfConstants):  # fmt: skip
+                   const: CtfConstants, gamma_offset: np.ndarray | None = None):  # fmt: skip
     """The particle-independent parts of one tilt's CTF on the (s, s//2+1) grid.
 
-    Adding Δz to both defoci changes γ by -π·λ·Δz·u², so per particle only
-    ``beta = const.k1 * Δz`` is needed: γ = gamma0 - beta·u2.  Returns
-    (gamma0, u2, envelope) with envelope = exp(-B u²/4)·scale.
+    Adding Δz to both defoci changes γ by -π·λ·Δz·u², and u² = (x² + ky²)·u2_unit on
+    this grid, so per particle only ``beta = const.k1 * Δz`` is needed:
+    γ = gamma0 - beta·(x² + ky²)·u2_unit.  ``gamma0`` enters only through its sine and
+    cosine (the per-particle part is then a rotation, see ``extraction.finish_slices``):
+    returns (sin γ0, cos γ0, u2_unit, envelope) with sin/cos of shape (G, s, sh), one per
+    optics group's even-Zernike offset (G, s, sh) or G = 1 without offsets, and
+    envelope = exp(-B u²/4)·scale.
     """
     X, Y = frequency_grid(s, pixel_size)
     axx, axy, ayy = astigmatism_form(defocus_u, defocus_v, angle_deg)
@@ -103,6 +107,9 @@ def tilt_ctf_terms(s: int, pixel_size: float, defocus_u: float, defocus_v: float
         const.k1 * (axx * X * X + 2.0 * axy * X * Y + ayy * Y * Y)
         + const.k2 * u2 * u2
         - const.phase
-    )
+    )[None]
+    if gamma_offset is not None and len(gamma_offset):
+        gamma0 = gamma0 + gamma_offset
     envelope = np.exp(-const.bfactor / 4.0 * u2) * const.scale
-    return np.ascontiguousarray(gamma0), np.ascontiguousarray(u2), np.ascontiguousarray(envelope)
+    u2_unit = 1.0 / (s * pixel_size) ** 2
+    return np.sin(gamma0), np.cos(gamma0), u2_unit, np.ascontiguousarray(envelope)

@@ -192,6 +192,24 @@ def shift_phase(s: int, tx, ty) -> np.ndarray:
     return np.exp(1j * phi).astype(np.complex64)
 
 
+@njit(cache=True, nogil=True)
+def rotation_table(theta, M, out):
+    """out[m] = (cos mθ, sin mθ) for m = 0..M: exact every 64 entries, a rotation by θ
+    in between (error ~64 ulp), ~30x cheaper than a sine and cosine per entry."""
+    wc = math.cos(theta)
+    ws = math.sin(theta)
+    c = 1.0
+    s = 0.0
+    for m in range(M + 1):
+        if m % 64 == 0:
+            c = math.cos(theta * m)
+            s = math.sin(theta * m)
+        else:
+            c, s = c * wc - s * ws, s * wc + c * ws
+        out[m, 0] = c
+        out[m, 1] = s
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def finish_slices(
     F,
@@ -200,12 +218,12 @@ def finish_slices(
     inv_bin,
     ex,
     ey,
-    gamma0,
-    u2,
+    sin_g0,
+    cos_g0,
+    u2_unit,
     envelope,
     beta,
-    gamma_offset,
-    odd_phase,
+    odd,
     group,
     dose,
     xr,
@@ -216,16 +234,20 @@ def finish_slices(
 ):
     """Fourier crop, 1/bin, sub-pixel shift, CTF·dose premultiplication for a batch of slices.
 
-    All slices come from one tilt (see :func:`tilt_ctf_terms` for ``gamma0``, ``u2``,
-    ``envelope``; ``dose`` and ``xr`` are that tilt's).  Per slice i: the shift phase
-    ``ex[i, x]·ey[i, y]`` (see :func:`shift_factors`), ``beta[i]`` = π·λ·Δz for its
-    depth-dependent defocus offset Δz, and the optics ``group`` picking the Zernike
-    maps ``gamma_offset`` / ``odd_phase`` (G, s, sh), which may be empty (G = 0).
+    All slices come from one tilt (see :func:`~.ctf.tilt_ctf_terms` for ``sin_g0``,
+    ``cos_g0`` (G, s, sh), ``u2_unit`` and ``envelope``; ``dose`` and ``xr`` are that
+    tilt's).  Per slice i: the shift phase ``ex[i, x]·ey[i, y]`` (see
+    :func:`shift_factors`), ``beta[i]`` = π·λ·Δz for its depth-dependent defocus
+    offset Δz, and the optics ``group`` picking sin/cos γ0 (when G > 1) and the odd
+    Zernike factor ``odd`` (G, s, sh) = exp(-i·phase), which may be empty.
     ``noise`` (s, sh) is the whitening filter or empty.
 
-    With γ = gamma0 - beta·u2 (+ even Zernike) and CTF = -sin(γ)·envelope (|CTF| >= 1e-8):
+    With γ = γ0 - beta·(x² + ky²)·u2_unit and CTF = -sin(γ)·envelope (|CTF| >= 1e-8):
     data = sign·CTF·D·shift(crop(F))/bin for x < xr[y], else 0;
     weight = (CTF·D)² (or 1 everywhere without CTF, as RELION's --no_ctf).
+    sin γ = sin γ0·cos θ - cos γ0·sin θ with θ = beta·u2_unit·m, m = x² + ky² an
+    integer: one table of (cos mθ, sin mθ) per slice (:func:`rotation_table`) instead
+    of a sine per sample.
 
     ``out`` (n, s+1, sh+1, 4) float32 receives [Re data, Im data, weight, 0] per
     sample, the layout the insertion reads (see :func:`~.insertion.packed_slices`):
@@ -236,33 +258,38 @@ def finish_slices(
     n = F.shape[0]
     s = out.shape[1] - 1
     sh = out.shape[2] - 1
-    has_even = gamma_offset.shape[0] > 0
-    has_odd = odd_phase.shape[0] > 0
+    has_odd = odd.shape[0] > 0
     has_noise = noise.shape[0] > 0
+    groups = sin_g0.shape[0]
     fbin = np.float32(inv_bin)
+    M = 0  # the largest x² + ky² with data
+    for y in range(s):
+        ky = y if y < s // 2 else y - s
+        lim = xr[y] if do_ctf else sh
+        if lim > 0:
+            M = max(M, (lim - 1) * (lim - 1) + ky * ky)
     for i in prange(n):
-        g = group[i]
-        b = beta[i]
+        g = group[i] if groups > 1 else 0
+        rot = np.empty((M + 1 if do_ctf else 1, 2))
+        if do_ctf:
+            rotation_table(beta[i] * u2_unit, M, rot)
         for y in range(s):
             src = rows[y]
-            lim = xr[y] if do_ctf else sh
+            ky = y if y < s // 2 else y - s
+            ky2 = ky * ky
+            lim = max(xr[y], 0) if do_ctf else sh
             eyy = ey[i, y]
-            for x in range(sh):
-                if x >= lim:
-                    out[i, y, x, 0] = 0.0
-                    out[i, y, x, 1] = 0.0
-                    out[i, y, x, 2] = 0.0 if do_ctf else 1.0
-                    out[i, y, x, 3] = 0.0
-                    continue
+            for x in range(lim):
                 if x < ncols:
                     v = np.complex64((ex[i, x] * eyy) * (F[i, src, x] * fbin))
                 else:
                     v = np.complex64(0.0)
                 if do_ctf:
-                    gamma = gamma0[y, x] - b * u2[y, x]
-                    if has_even:
-                        gamma += gamma_offset[g, y, x]
-                    c = -math.sin(gamma) * envelope[y, x]
+                    m = x * x + ky2
+                    c = (
+                        -(sin_g0[g, y, x] * rot[m, 0] - cos_g0[g, y, x] * rot[m, 1])
+                        * envelope[y, x]
+                    )
                     if abs(c) < 1e-8:
                         c = 1e-8 if c >= 0 else -1e-8
                     cw = np.float32(sign * np.float32(c) * dose[y, x])
@@ -272,14 +299,18 @@ def finish_slices(
                     v = v * np.float32(sign)
                     wgt = np.float32(1.0)
                 if has_odd:
-                    p = odd_phase[g, y, x]
-                    v = v * complex(math.cos(p), -math.sin(p))
+                    v = v * odd[group[i], y, x]
                 if has_noise:
                     v = v * noise[y, x]
                     wgt = wgt * noise[y, x]
                 out[i, y, x, 0] = v.real
                 out[i, y, x, 1] = v.imag
                 out[i, y, x, 2] = wgt
+                out[i, y, x, 3] = 0.0
+            for x in range(lim, sh):  # beyond the dose cut-off: no data (unit weight without CTF)
+                out[i, y, x, 0] = 0.0
+                out[i, y, x, 1] = 0.0
+                out[i, y, x, 2] = 0.0
                 out[i, y, x, 3] = 0.0
             out[i, y, sh] = out[i, y, sh - 2]
         out[i, s] = out[i, 0]
