@@ -69,6 +69,24 @@ def _range(lo_num, hi_num, den):
 def insert_slice_planes(S, Q, R, D, W, zlo, zhi, z0):
     """Insert one slice into the planes of signed frequency zlo..zhi (inclusive) of D, W.
 
+    ``D[k]``, ``W[k]`` hold the plane of index ``z0 + k`` (0 for whole volumes).  See
+    :func:`_slice_planes`: RELION's voxels and arithmetic.
+    """
+    _slice_planes(S, Q, R, D, W, zlo, zhi, z0)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _insert_slice_planes_fast(S, Q, R, D, W, zlo, zhi, z0):
+    """:func:`insert_slice_planes` compiled with fast math (fused multiply-adds,
+    reassociation: ~12% faster at box 256) for the fast path, whose maps only have to
+    agree with RELION's path by FSC; a voxel right at |q_z| = 1 may fall either way."""
+    _slice_planes(S, Q, R, D, W, zlo, zhi, z0)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _slice_planes(S, Q, R, D, W, zlo, zhi, z0):
+    """Insert one slice into the planes of signed frequency zlo..zhi (inclusive) of D, W.
+
     ``D[k]``, ``W[k]`` hold the plane of index ``z0 + k`` (0 for whole volumes).
 
     The voxels visited are exactly RELION's (|q_z| < 1, x <= sqrt(R² - y² - z²),
@@ -167,9 +185,10 @@ def insert_slice_planes(S, Q, R, D, W, zlo, zhi, z0):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _insert_block(S, Q, max_freq, half, only, D, W, i0, i1, z0):
+def _insert_block(S, Q, max_freq, half, only, D, W, i0, i1, z0, fast):
     """Insert the slices (all, or those of half set ``only`` >= 0) into the planes of
-    index i0..i1-1 of D[half], W[half], whose plane k holds index z0 + k."""
+    index i0..i1-1 of D[half], W[half], whose plane k holds index z0 + k; ``fast``: with
+    :func:`_insert_slice_planes_fast`."""
     s = D.shape[2]
     # index -> signed frequency: split at s/2
     for part in range(2):
@@ -183,7 +202,13 @@ def _insert_block(S, Q, max_freq, half, only, D, W, i0, i1, z0):
             continue
         for i in range(S.shape[0]):
             h = half[i]
-            if only < 0 or h == only:
+            if not (only < 0 or h == only):
+                continue
+            if fast:
+                _insert_slice_planes_fast(
+                    S[i], Q[i], max_freq[i], D[h], W[h], a0 + off, a1 - 1 + off, z0
+                )
+            else:
                 insert_slice_planes(S[i], Q[i], max_freq[i], D[h], W[h], a0 + off, a1 - 1 + off, z0)
 
 
@@ -193,7 +218,9 @@ def _insert_batch(S, Q, max_freq, half, D, W, block, T):
     nb = (s + block - 1) // block
     for t in prange(T):
         for b in range(t, nb, T):
-            _insert_block(S, Q, max_freq, half, -1, D, W, b * block, min(s, b * block + block), 0)
+            _insert_block(
+                S, Q, max_freq, half, -1, D, W, b * block, min(s, b * block + block), 0, False
+            )
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -222,7 +249,7 @@ def _row_end(rem, wh):
     return min(r, wh - 1)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True, fastmath=True)
 def _insert_batch_single(S, Q, max_freq, half, D, W, block, T):
     """``_insert_batch`` summing each block's share of the batch in single precision.
 
@@ -262,7 +289,7 @@ def _insert_batch_single(S, Q, max_freq, half, D, W, block, T):
                         xe = _row_end(rz2 - yy * yy, wh) + 1
                         Ds[hh, zi - i0, yi, :xe] = 0
                         Ws[hh, zi - i0, yi, :xe] = 0
-                _insert_block(S, Q, max_freq, half, hh, Ds, Ws, i0, i1, i0)
+                _insert_block(S, Q, max_freq, half, hh, Ds, Ws, i0, i1, i0, True)
                 for zi in range(i0, i1):
                     y0, y1, rz2 = _disc_rows(R, zi if zi < s // 2 else zi - s, s)
                     for yy in range(y0, y1 + 1):
