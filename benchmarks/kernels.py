@@ -1,13 +1,16 @@
-"""Micro-benchmarks of the two hot kernels, outside the test suite.
+"""Micro-benchmarks of the hot kernels, outside the test suite.
 
     python benchmarks/kernels.py insertion --box 192 --threads 1 --batches 128,1024
     python benchmarks/kernels.py windows --window 288 --cols 97
+    python benchmarks/kernels.py finish --box 256 --window 384
 
 ``insertion``: ms per slice for random orientations (full radius), inserted in batches of
 each --batches size with double-precision sums (RELION's path) and single-precision ones
 (the fast path), all variants taking turns; median of --reps; and the voxels one slice
 touches.  ``windows``: ms per window to cut out (circle crop) and
-transform (pruned 2D FFT), for several window-batch sizes.  Run at another commit (e.g.
+transform (pruned 2D FFT), for several window-batch sizes.  ``finish``: ms per slice to
+crop, shift, CTF- and dose-weight and pack transformed windows (one tilt, depths of
+±1500 Å, 7 windows per call as in the job), on one thread.  Run at another commit (e.g.
 ``git stash; git checkout <commit> -- src``) to compare kernels.
 """
 
@@ -107,6 +110,43 @@ def windows(window: int, cols: int, n: int, reps: int) -> None:
         )
 
 
+def finish(box: int, window: int, reps: int) -> None:
+    import numba
+
+    from napari_subtomo_recon.core.ctf import ctf_constants, tilt_ctf_terms
+    from napari_subtomo_recon.core.dose import dose_weights, dose_x_ranges
+    from napari_subtomo_recon.core.extraction import crop_rows, finish_slices, shift_factors
+
+    numba.set_num_threads(1)
+    rng = np.random.default_rng(1)
+    s, n, px = box, 7, 2.7
+    sh = s // 2 + 1
+    F = (rng.normal(size=(n, window, sh)) + 1j * rng.normal(size=(n, window, sh))).astype(
+        np.complex64
+    )
+    const = ctf_constants(300, 2.7, 0.1, 10.0, 0.9, 0.0)
+    dose = dose_weights([30.0], s, px)[0]
+    xr = dose_x_ranges(dose[None], 0.01)[0]
+    sin_g0, cos_g0, u2_unit, env = tilt_ctf_terms(s, px, 25000.0, 24600.0, 33.0, const)
+    beta = const.k1 * rng.uniform(-1500, 1500, n)
+    ex, ey = shift_factors(s, s, rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n))
+    out = np.empty((n, s + 1, sh + 1, 4), np.float32)
+    args = (F, crop_rows(window, s), sh, s / window, ex, ey, sin_g0, cos_g0, u2_unit, env, beta,
+            np.zeros((0, 1, 1), complex), np.zeros(n, np.int64), dose, xr,
+            np.zeros((0, 1), np.float32), True, -1.0, out)  # fmt: skip
+    finish_slices(*args)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(50):
+            finish_slices(*args)
+        times.append((time.perf_counter() - t0) / (50 * n) * 1e3)
+    print(
+        f"finish_slices box {s}, window {window}: {np.median(times):.3f} ms per slice "
+        f"(median of {reps}; {min(times):.3f}-{max(times):.3f})"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -121,10 +161,16 @@ def main() -> None:
     b.add_argument("--cols", type=int, default=97)
     b.add_argument("--count", type=int, default=96)
     b.add_argument("--reps", type=int, default=3)
+    c = sub.add_parser("finish")
+    c.add_argument("--box", type=int, default=256)
+    c.add_argument("--window", type=int, default=384)
+    c.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     if args.cmd == "insertion":
         batches = [int(b) for b in args.batches.split(",")]
         insertion(args.box, args.slices, args.threads, args.reps, batches)
+    elif args.cmd == "finish":
+        finish(args.box, args.window, args.reps)
     else:
         windows(args.window, args.cols, args.count, args.reps)
 
