@@ -593,8 +593,8 @@ def _fingerprint(params: ReconstructParams, inp: Inputs, rank: int, size: int, r
 
 def memory_estimate(params: ReconstructParams, plans: list, st) -> int:
     """Peak resident bytes of a run: accumulators + the larger of (tilt images and their
-    FFTs + one batch of prepared slices + one chunk of windows) and (finalisation's
-    temporary volumes)."""
+    FFTs + one batch of prepared slices + one chunk of windows per thread) and
+    (finalisation's temporary volumes)."""
     from .core.backprojection import Accumulators, packed_bytes
 
     s = int(params.b)
@@ -606,7 +606,7 @@ def memory_estimate(params: ReconstructParams, plans: list, st) -> int:
         W, H = p.ts.image_size
         pixels = (W + params.b * params.bin) * (H + params.b * params.bin)
         frame = max(frame, int(pixels * 4 * (1 if params.exact else 4)))
-    return acc + max(final, frame + batch_bytes + st.chunk_bytes)
+    return acc + max(final, frame + batch_bytes + st.chunk_bytes * max(1, st.threads))
 
 
 def _fit_memory(params: ReconstructParams, plans: list, st) -> None:
