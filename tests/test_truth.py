@@ -72,7 +72,7 @@ def test_thread_count_does_not_change_the_map(c1_data, monkeypatch):
     from napari_subtomo_recon.core import backprojection as bp
 
     make, prepare = bp._Mode.make.__func__, bp._prepare_chunk
-    # a few windows per chunk, so that every batch is shared out between the threads
+    # a few windows per chunk, so that every batch is several tasks for the pool
     monkeypatch.setattr(bp._Mode, "make", classmethod(lambda cls, *a: make(cls, *a[:-1], 100_000)))
     seen = []
 
@@ -81,12 +81,17 @@ def test_thread_count_does_not_change_the_map(c1_data, monkeypatch):
         return prepare(*a)
 
     monkeypatch.setattr(bp, "_prepare_chunk", spy)
+    main = threading.get_ident()
     maps = {}
     for j in ("1", "2"):
         seen.clear()
         reconstruct(c1_data.root, monkeypatch, "--b", "48", "--bin", "2", "--prebin", "always",
                     out=f"j{j}", j=j)  # fmt: skip
         threads = {t for t, _ in seen}
-        assert len(threads) == int(j) and {k for _, k in seen} == {1}, (j, len(seen))
+        # --j 1: in the calling thread; --j 2: only in the pool's (at most 2) threads, each
+        # running Numba on one core (which of them takes a chunk is up to the scheduler)
+        pooled = j == "2"
+        assert len(seen) > 2 and {k for _, k in seen} == {1}, (j, seen[:3])
+        assert (main not in threads and len(threads) <= 2) if pooled else threads == {main}
         maps[j] = [mrcfile.read(c1_data.root / f"j{j}" / f"{n}.mrc") for n in ("half1", "half2")]
     assert all(np.array_equal(a, b) for a, b in zip(maps["1"], maps["2"], strict=True))

@@ -55,6 +55,17 @@ def _sample(S, qx, qy, h, D, W, z, y, x, c):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _isqrt(v):
+    """The largest integer r with r² <= v (v >= 0), exactly, whatever sqrt's rounding."""
+    r = int(math.sqrt(v))
+    while (r + 1) * (r + 1) <= v:
+        r += 1
+    while r * r > v:
+        r -= 1
+    return r
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _range(lo_num, hi_num, den):
     """Integers v with lo_num < v*den < hi_num (as a closed candidate range); den != 0."""
     a = lo_num / den
@@ -78,8 +89,8 @@ def insert_slice_planes(S, Q, R, D, W, zlo, zhi, z0):
 @njit(cache=True, nogil=True, fastmath=True)
 def _insert_slice_planes_fast(S, Q, R, D, W, zlo, zhi, z0):
     """:func:`insert_slice_planes` compiled with fast math (fused multiply-adds,
-    reassociation: ~12% faster at box 256) for the fast path, whose maps only have to
-    agree with RELION's path by FSC; a voxel right at |q_z| = 1 may fall either way."""
+    reassociation) for the fast path, whose maps only have to agree with RELION's path
+    by FSC; a voxel right at |q_z| = 1 may fall either way."""
     _slice_planes(S, Q, R, D, W, zlo, zhi, z0)
 
 
@@ -112,11 +123,7 @@ def _slice_planes(S, Q, R, D, W, zlo, zhi, z0):
     xrun = abs(nx) >= abs(ny)
     for zz in range(max(zlo, -R), min(zhi, R) + 1):
         rz2 = R2 - zz * zz  # the plane's disc: x² + y² <= rz2
-        rz = int(math.sqrt(rz2))
-        while (rz + 1) * (rz + 1) <= rz2:
-            rz += 1
-        while rz * rz > rz2:
-            rz -= 1
+        rz = _isqrt(rz2)
         xm = min(xmax, rz)
         zi = (zz + s if zz < 0 else zz) - z0
         c = nz * zz
@@ -223,32 +230,6 @@ def _insert_batch(S, Q, max_freq, half, D, W, block, T):
             )
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _disc_rows(R, zz, s):
-    """For plane z = zz: the rows y (signed, from y0 to y1) and for each the last x of the
-    disc x² + y² <= R² - zz² that insertion can reach (nothing when y0 > y1)."""
-    rz2 = R * R - zz * zz
-    if rz2 < 0:
-        return 1, 0, rz2
-    rz = int(math.sqrt(rz2))
-    while (rz + 1) * (rz + 1) <= rz2:
-        rz += 1
-    while rz * rz > rz2:
-        rz -= 1
-    return max(-rz, -(s // 2)), min(rz, s // 2 - 1), rz2
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _row_end(rem, wh):
-    """Last x with x² <= rem (rem >= 0), capped at wh - 1."""
-    r = int(math.sqrt(rem))
-    while (r + 1) * (r + 1) <= rem:
-        r += 1
-    while r * r > rem:
-        r -= 1
-    return min(r, wh - 1)
-
-
 @njit(parallel=True, cache=True, nogil=True, fastmath=True)
 def _insert_batch_single(S, Q, max_freq, half, D, W, block, T):
     """``_insert_batch`` summing each block's share of the batch in single precision.
@@ -260,10 +241,10 @@ def _insert_batch_single(S, Q, max_freq, half, D, W, block, T):
     (relative ~1e-7); the fast path's maps do not depend on that (it agrees with the
     exact path at FSC >= 0.997), RELION's path does not use it.
 
-    Only the ball the batch can reach (radius max(max_freq), the same disc test as
-    :func:`insert_slice_planes`) is cleared and added: half the cube, and the add
-    streams the double-precision volume through memory once per batch (~30% of the
-    insertion time at box 256 when it covered the whole cube).
+    Only the ball the batch can reach (radius max(max_freq), the disc test of
+    :func:`_slice_planes`) is added, and zeroed again in the same pass: half the cube.
+    The add streams the double-precision volume through memory once per batch; over the
+    whole cube it cost ~45 ms per batch at box 256, ~20% of the insertion (docs/benchmarks.md).
     """
     s = D.shape[1]
     wh = D.shape[3]
@@ -274,29 +255,31 @@ def _insert_batch_single(S, Q, max_freq, half, D, W, block, T):
         counts[half[i]] += 1
         R = max(R, max_freq[i])
     for t in prange(T):
-        Ds = np.empty((2, block, s, wh), np.complex64)
-        Ws = np.empty((2, block, s, wh), np.float32)
+        # zero once: each block's insertion writes only the ball, which its add zeroes
+        Ds = np.zeros((2, block, s, wh), np.complex64)
+        Ws = np.zeros((2, block, s, wh), np.float32)
         for b in range(t, nb, T):
             i0 = b * block
             i1 = min(s, i0 + block)
             for hh in range(2):
                 if counts[hh] == 0:
                     continue
-                for zi in range(i0, i1):
-                    y0, y1, rz2 = _disc_rows(R, zi if zi < s // 2 else zi - s, s)
-                    for yy in range(y0, y1 + 1):
-                        yi = yy + s if yy < 0 else yy
-                        xe = _row_end(rz2 - yy * yy, wh) + 1
-                        Ds[hh, zi - i0, yi, :xe] = 0
-                        Ws[hh, zi - i0, yi, :xe] = 0
                 _insert_block(S, Q, max_freq, half, hh, Ds, Ws, i0, i1, i0, True)
                 for zi in range(i0, i1):
-                    y0, y1, rz2 = _disc_rows(R, zi if zi < s // 2 else zi - s, s)
-                    for yy in range(y0, y1 + 1):
+                    zz = zi if zi < s // 2 else zi - s
+                    rz2 = R * R - zz * zz
+                    if rz2 < 0:
+                        continue
+                    rz = _isqrt(rz2)
+                    for yy in range(max(-rz, -(s // 2)), min(rz, s // 2 - 1) + 1):
                         yi = yy + s if yy < 0 else yy
-                        xe = _row_end(rz2 - yy * yy, wh) + 1
-                        D[hh, zi, yi, :xe] += Ds[hh, zi - i0, yi, :xe]
-                        W[hh, zi, yi, :xe] += Ws[hh, zi - i0, yi, :xe]
+                        xe = min(_isqrt(rz2 - yy * yy), wh - 1) + 1
+                        Dp = Ds[hh, zi - i0, yi]
+                        Wp = Ws[hh, zi - i0, yi]
+                        D[hh, zi, yi, :xe] += Dp[:xe]
+                        W[hh, zi, yi, :xe] += Wp[:xe]
+                        Dp[:xe] = 0
+                        Wp[:xe] = 0
 
 
 def packed_slices(data: np.ndarray, weight: np.ndarray) -> np.ndarray:
