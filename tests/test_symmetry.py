@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
 
+from napari_subtomo_recon.core.symmetrise import symmetrise_fourier
 from napari_subtomo_recon.core.symmetry import (
     _scan_real,
     helical_matrices,
     point_group_matrices,
-    symmetrise_fourier,
     symmetry_operators,
     validate_symmetry,
 )

@@ -1,121 +1,101 @@
 """``subtomo-recon``: a drop-in for ``relion_tomo_reconstruct_particle``.
 
-A RELION command line works after replacing only the program name: the same
-flags (single dash-dash, space-separated values), the GUI's extra flags
-(``--theme``, ``--pipeline_control``) tolerated, unknown flags refused.
-Runs under ``mpirun -n N`` with mpi4py as the MPI binary does.
+A RELION command line works after replacing only the program name: the same flags
+(double dash, space-separated values), the GUI's extra flags (``--theme``,
+``--pipeline_control``) tolerated, unknown flags refused.  Runs under ``mpirun -n N``
+with mpi4py as the MPI binary does.
+
+The flags, their values and the usage text come from the fields of
+:class:`~napari_subtomo_recon.params.ReconstructParams`.  With ``SUBTOMO_EVENTS=stderr``
+(the napari widget sets it) the program reports through :mod:`~napari_subtomo_recon.events`
+instead of text.
+
+Exit codes: 0 done, 1 bad input, 2 internal error (a defect), 3 cancelled, 4 environment
+(no space, no permission, out of memory), 130 interrupted.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shlex
 import signal
 import sys
 import threading
+import time
 import traceback
-from dataclasses import fields
+from collections.abc import Iterator
+from typing import Any, TextIO
 
+from . import events as ev
 from .errors import Cancelled, InputError
-from .job import ReconstructParams
+from .params import ReconstructParams, check_value, format_value, kind_of, parse_text, spec_of
 
-USAGE = """usage: subtomo-recon --i optimisation_set.star
-                     | --p particles.star --t tomograms.star [--mot motion.star]
-                     --o OUTDIR --b BOX [options]
+# flags of the program itself, not job options
+_OWN = {
+    "--debug": "show a traceback on errors",
+    "--help": "this text (also -h, --usage)",
+    "--version": "the program's version",
+}
+_TOLERATED = ("--list_themes",)  # RELION's GUI programs accept it; nothing to list here
 
-Reconstruct a subtomogram average from tilt series (RELION 5 relion_tomo_reconstruct_particle).
-
-Input:
-  --i FILE            optimisation set (entries below override it)
-  --p FILE            particle set
-  --t FILE            tomogram set
-  --mot FILE          trajectory set (particle motion)
-Output:
-  --o DIR             output directory (created)
-Reconstruction:
-  --b N               box size, binned pixels (even)
-  --crop N            also write maps cropped to N (if 0 < N < box)           [-1]
-  --bin X             binning factor (real-valued)                             [1]
-  --SNR X             Wiener SNR constant; <= 0: RELION's heuristic           [-1]
-  --sym NAME          point group (C1, C6, D2, T, O, I2, ...) or symmetry file [C1]
-  --nr_helical_asu N  number of helical asymmetric units                       [1]
-  --helical_twist X   helical twist, degrees (+ = right-handed)                [0]
-  --helical_rise X    helical rise, Angstrom                                   [0]
-  --whiten            whiten the noise by flattening the power spectrum
-  --no_ctf            do not apply CTFs (nor dose weights)
-  --taper X           taper against the sphere by this many pixels            [10]
-  --no_circle_crop    no circular mask on the 2D particle images
-  --cutoff_fract X    ignore frequencies whose dose weight is below X       [0.01]
-  --exact             RELION's per-particle extraction (slower; the fast path is the default)
-  --prebin MODE       fast path: bin each tilt once first: auto (when it pays off), always, never
-Running:
-  --j N               threads                                                   [6]
-  --j_in N, --j_out N accepted for compatibility; --j sets the threads           [3, 2]
-  --mem GB            memory limit for the accumulators (fewer copies)         [-1]
-  --only_do_unfinished  resume from the per-tomogram checkpoints in OUTDIR/temp
-  --no_backup         do not write per-tomogram checkpoints
-  --no_recon          only backproject (benchmarking); no maps
-  --debug             show a traceback on errors
-Tolerated for RELION compatibility: --theme NAME, --pipeline_control DIR, --list_themes
-"""
-
-_BOOL = {f.name for f in fields(ReconstructParams) if f.type in ("bool", bool)}
-_VALUED = {f.name: f.type for f in fields(ReconstructParams) if f.name not in _BOOL}
-_CONVERT = {"int": int, "float": float, "str": str, int: int, float: float, str: str}
+_SECTIONS = (
+    ("Input", ("I/O",), False),
+    ("Reconstruction", ("Average", "Helix"), False),
+    ("Reconstruction (not in RELION's GUI)", ("Average",), True),
+    ("Running", ("Running", None), None),
+)
 
 
-def parse_args(argv: list[str]) -> tuple[ReconstructParams, dict]:
-    """Parse RELION-style flags into parameters (and extra options like --debug)."""
-    params = ReconstructParams()
+def _flags(cls: type[Any] = ReconstructParams) -> dict[str, dataclasses.Field[Any]]:
+    return {spec_of(f).flag: f for f in dataclasses.fields(cls) if spec_of(f).flag}  # type: ignore[misc]
+
+
+def parse_args(
+    argv: list[str], cls: type[Any] = ReconstructParams
+) -> tuple[Any, dict[str, bool]]:
+    """RELION-style flags into parameters, and the program's own options (``--debug``...).
+
+    Every value is checked against its field's domain; errors quote the text as typed.
+    """
+    flags = _flags(cls)
+    values: dict[str, Any] = {}
     extra = {"debug": False, "help": False, "version": False}
     seen: set[str] = set()
     k = 0
     while k < len(argv):
         arg = argv[k]
-        if arg in ("-h", "--help", "--usage"):
-            extra["help"] = True
-            k += 1
+        k += 1
+        if arg in ("-h", "--help", "--usage", "--version", "--debug"):
+            extra[{"-h": "help", "--usage": "help"}.get(arg, arg[2:])] = True
             continue
-        if arg == "--version":
-            extra["version"] = True
-            k += 1
-            continue
-        if arg == "--debug":
-            extra["debug"] = True
-            k += 1
-            continue
-        if arg == "--list_themes":
-            k += 1
+        if arg in _TOLERATED:
             continue
         if not arg.startswith("--"):
             raise InputError(f"unexpected argument '{arg}' (flags look like --b 128)")
-        name = arg[2:]
-        if "=" in name:
-            raise InputError(
-                f"{arg}: write RELION style, '--{name.split('=')[0]} VALUE' without '='"
-            )
-        if name in seen:
-            raise InputError(f"--{name} given twice")
-        seen.add(name)
-        if name in _BOOL:
-            setattr(params, name, True)
-            k += 1
+        if "=" in arg:
+            raise InputError(f"{arg}: write RELION style, '{arg.split('=')[0]} VALUE' without '='")
+        if arg in seen:
+            raise InputError(f"{arg} given twice")
+        seen.add(arg)
+        f = flags.get(arg)
+        if f is None:
+            raise InputError(f"unknown flag {arg} (see subtomo-recon --help)")
+        if kind_of(f) == "bool":
+            values[f.name] = True
             continue
-        if name not in _VALUED:
-            raise InputError(f"unknown flag --{name} (see subtomo-recon --help)")
-        if k + 1 >= len(argv) or (argv[k + 1].startswith("--") and not _is_number(argv[k + 1])):
-            raise InputError(f"--{name} needs a value")
-        raw = argv[k + 1]
-        conv = _CONVERT[_VALUED[name]]
+        if k >= len(argv) or (argv[k].startswith("--") and not _is_number(argv[k])):
+            raise InputError(f"{arg} needs a value")
+        raw = argv[k]
+        k += 1
         try:
-            value = conv(raw)
-        except ValueError:
-            kind = {int: "an integer", float: "a number"}.get(conv, "a value")
-            raise InputError(f"--{name} {raw}: expected {kind}") from None
-        setattr(params, name, value)
-        k += 2
-    return params, extra
+            value = parse_text(f, raw)
+        except ValueError as e:
+            raise InputError(f"{arg} {raw}: expected {e}") from None
+        if cls is ReconstructParams:
+            check_value(f.name, value, raw)
+        values[f.name] = value
+    return cls(**values), extra
 
 
 def _is_number(s: str) -> bool:
@@ -126,19 +106,152 @@ def _is_number(s: str) -> bool:
         return False
 
 
-def _progress_bar(total_hint: int = 0):
-    from tqdm import tqdm
+def usage(cls: type[Any] = ReconstructParams) -> str:
+    """The --help text, from the fields' flags, help texts and defaults."""
+    lines = [
+        "usage: subtomo-recon --i optimisation_set.star",
+        "                     | --p particles.star --t tomograms.star [--mot motion.star]",
+        "                     --o OUTDIR --b BOX [options]",
+        "",
+        "Reconstruct a subtomogram average from tilt series "
+        "(RELION 5 relion_tomo_reconstruct_particle).",
+    ]
+    done: set[str] = set()
+    for title, tabs, advanced in _SECTIONS:
+        rows = []
+        for f in dataclasses.fields(cls):
+            s = spec_of(f)
+            if not s.flag or f.name in done or s.tab not in tabs or f.name == "theme":
+                continue
+            if advanced is not None and s.advanced != advanced:
+                continue
+            done.add(f.name)
+            rows.append(_usage_row(f))
+        if rows:
+            lines += ["", f"{title}:", *rows]
+    lines += ["", "Program:", *(f"  {k:<24}{v}" for k, v in _OWN.items())]
+    lines += ["Tolerated for RELION compatibility: --theme NAME, --list_themes"]
+    return "\n".join(lines)
 
-    return tqdm(
-        total=total_hint,
-        unit="ptilt",
-        dynamic_ncols=True,
-        file=sys.stderr,
-        disable=not sys.stderr.isatty() and os.environ.get("SUBTOMO_PROGRESS") != "1",
-    )
+
+def _usage_row(f: dataclasses.Field[Any]) -> str:
+    s = spec_of(f)
+    head = f"  {s.flag}" + (f" {s.metavar or 'VALUE'}" if kind_of(f) != "bool" else "")
+    text = s.help.split(". ")[0].rstrip(".").replace("\n", " ")
+    if len(text) > 70:
+        text = text[:67].rsplit(" ", 1)[0] + " …"
+    if kind_of(f) != "bool" and f.default not in ("", None):
+        text += f" [{format_value(f.default)}]"
+    return f"{head:<26}{text}" if len(head) < 26 else f"{head}\n{'':26}{text}"
 
 
-def _terminate(signum, frame):
+# --------------------------------------------------------------------------------------
+# Reporting: text for a terminal, events for a parent process
+
+
+class TextReporter:
+    """A tqdm bar while backprojecting, then the summary (what RELION users read)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.bar: Any = None
+
+    def progress(self, p: ev.Progress) -> None:
+        if p.stage == ev.Stage.BACKPROJECTING:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(
+                    total=p.total, unit="ptilt", dynamic_ncols=True, file=sys.stderr,
+                    disable=not sys.stderr.isatty() and os.environ.get("SUBTOMO_PROGRESS") != "1",
+                )  # fmt: skip
+                if self.size > 1:
+                    self.bar.set_postfix_str(f"rank 0 of {self.size}", refresh=False)
+            self.bar.total = p.total
+            self.bar.n = p.done
+            self.bar.set_description(p.tomogram, refresh=False)
+            self.bar.refresh()
+            return
+        self.close()
+        if p.stage in (ev.Stage.FINALISING, ev.Stage.WRITING):
+            print(p.message, file=sys.stderr)
+
+    def preview(self, p: ev.Preview) -> None:
+        pass
+
+    def result(self, r: ev.Result) -> None:
+        self.close()
+        for w in r.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        rate = r.particle_tilts / r.elapsed if r.elapsed > 0 else 0.0
+        print(
+            f"{r.particles} particles, {r.particle_tilts} particle-tilts in "
+            f"{r.elapsed:.1f} s ({rate:.0f} particle-tilts/s)"
+        )
+        if r.resolution_0143 is not None:
+            print(
+                f"half-map FSC (unmasked): {r.resolution_0143:.2f} A at 0.143, "
+                f"{r.resolution_05:.2f} A at 0.5"
+            )
+        for name in ("merged", "half1", "half2"):
+            if name in r.files:
+                print(f"{name}: {r.files[name]}")
+
+    def failure(self, f: ev.Failure, debug: bool) -> None:
+        self.close()
+        if f.reason == ev.FailureKind.CANCELLED:
+            print(f"subtomo-recon: cancelled: {f.message}", file=sys.stderr)
+        else:
+            print(f"subtomo-recon: error: {f.message}", file=sys.stderr)
+        if debug and f.detail:
+            print(f.detail, file=sys.stderr, end="")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class EventReporter:
+    """One :mod:`events` line per event on ``stream``; progress at most ~5 per second."""
+
+    INTERVAL = 0.2
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.last = -1e9
+        self.key: tuple[Any, ...] | None = None
+
+    def emit(self, event: ev.Event) -> None:
+        print(ev.encode(event), file=self.stream, flush=True)
+
+    def progress(self, p: ev.Progress) -> None:
+        now = time.perf_counter()
+        key = (p.stage, p.tomogram_index)
+        if key != self.key or now - self.last >= self.INTERVAL or p.stage == ev.Stage.DONE:
+            self.key, self.last = key, now
+            self.emit(p)
+
+    def preview(self, p: ev.Preview) -> None:
+        self.emit(p)
+
+    def result(self, r: ev.Result) -> None:
+        for w in r.warnings:
+            self.emit(ev.Warning(w))
+        self.emit(r)
+
+    def failure(self, f: ev.Failure, debug: bool) -> None:
+        self.emit(f)
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------------------
+# main
+
+
+def _terminate(signum: int, frame: Any) -> None:
     # one cancel is enough: mpirun forwards a second SIGTERM to ranks already stopping
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Cancelled(f"stopped by signal {signum}")
@@ -165,6 +278,25 @@ def _keep_freed_memory() -> None:
         pass
 
 
+def failure_of(e: BaseException, debug: bool = False) -> ev.Failure:
+    """How an exception ends a job: the kind (exit code) and one line."""
+    detail = "".join(traceback.format_exception(e)) if debug else ""
+    if isinstance(e, InputError):
+        return ev.Failure(ev.FailureKind.INPUT, str(e), detail)
+    if isinstance(e, Cancelled):
+        return ev.Failure(ev.FailureKind.CANCELLED, str(e), detail)
+    if isinstance(e, MemoryError):
+        return ev.Failure(
+            ev.FailureKind.ENVIRONMENT, "out of memory (try a smaller --b or --mem)", detail
+        )
+    if isinstance(e, OSError) and e.errno is not None:
+        where = f"{e.filename}: " if e.filename else ""
+        return ev.Failure(ev.FailureKind.ENVIRONMENT, f"{where}{e.strerror or e}", detail)
+    hint = "" if debug else " (an internal error; --debug shows the traceback)"
+    detail = detail or "".join(traceback.format_exception(e))
+    return ev.Failure(ev.FailureKind.INTERNAL, f"{type(e).__name__}: {e}{hint}", detail)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _keep_freed_memory()
@@ -172,61 +304,50 @@ def main(argv: list[str] | None = None) -> int:
         # a scheduler's or the widget's SIGTERM ends the job like RELION_JOB_ABORT_NOW
         signal.signal(signal.SIGTERM, _terminate)
     debug = "--debug" in argv
+    events = os.environ.get(ev.ENV) == "stderr"
+    reporter: TextReporter | EventReporter = EventReporter(sys.stderr) if events else TextReporter(1)
+    rank = 0
     try:
         params, extra = parse_args(argv)
         if extra["help"] or not argv:
-            print(USAGE)
+            print(usage())
             return 0
         if extra["version"]:
             from . import __version__
 
             print(f"subtomo-recon {__version__}")
             return 0
-        return _run(params, argv)
-    except InputError as e:
-        if _RANK == 0:  # under MPI every rank stops with the same error; one prints it
-            print(f"subtomo-recon: error: {e}", file=sys.stderr)
-        _pipeline_status(argv, "RELION_JOB_EXIT_FAILURE")
-        if debug:
-            traceback.print_exc()
-        return 1
-    except Cancelled as e:
-        print(f"subtomo-recon: cancelled: {e}", file=sys.stderr)
-        _pipeline_status(argv, "RELION_JOB_EXIT_ABORTED")
-        return 3
+        comm = mpi_communicator()
+        rank = comm.Get_rank() if comm is not None else 0
+        if isinstance(reporter, TextReporter):
+            reporter.size = comm.Get_size() if comm is not None else 1
+        _run(params, argv, comm, rank, reporter)
+        _pipeline_status(argv, "success")
+        return 0
     except KeyboardInterrupt:
+        reporter.close()
         print("subtomo-recon: interrupted; no maps were written", file=sys.stderr)
         return 130
-    except MemoryError:
-        print("subtomo-recon: error: out of memory (try a smaller --b or --mem)", file=sys.stderr)
-        _pipeline_status(argv, "RELION_JOB_EXIT_FAILURE")
-        return 1
-    except Exception as e:  # a defect, not a user error: one line, the traceback with --debug
-        if _RANK == 0:
-            hint = "" if debug else " (an internal error; --debug shows the traceback)"
-            print(f"subtomo-recon: error: {type(e).__name__}: {e}{hint}", file=sys.stderr)
-            if debug:
-                traceback.print_exc()
-        _pipeline_status(argv, "RELION_JOB_EXIT_FAILURE")
-        return 2
+    except Exception as e:
+        failure = failure_of(e, debug)
+        if rank == 0 or failure.reason == ev.FailureKind.CANCELLED:
+            reporter.failure(failure, debug)
+        status = "aborted" if failure.reason == ev.FailureKind.CANCELLED else "failure"
+        _pipeline_status(argv, status)
+        return failure.exit_code
 
 
-def _pipeline_status(argv: list[str], name: str) -> None:
-    """RELION's pipeliner learns how a job ended from a file in the --pipeline_control folder."""
+def _pipeline_status(argv: list[str], status: str) -> None:
+    """RELION's pipeliner learns how a job ended from a file in --pipeline_control."""
     if "--pipeline_control" in argv:
         k = argv.index("--pipeline_control")
         if k + 1 < len(argv):
-            try:
-                os.makedirs(argv[k + 1], exist_ok=True)
-                open(os.path.join(argv[k + 1], name), "w").close()
-            except OSError:
-                pass
+            from .job.relion import mark_status
+
+            mark_status(argv[k + 1], status)
 
 
-_RANK = 0
-
-
-def mpi_communicator():
+def mpi_communicator() -> Any:
     """MPI.COMM_WORLD when started by mpirun with more than one rank, else None."""
     size = 1
     for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
@@ -245,67 +366,47 @@ def mpi_communicator():
     return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
 
 
-def _json_progress(p) -> None:
-    """One line per update for a parent process (the napari widget) to parse."""
-    rec = {"stage": p.stage, "done": p.done, "total": p.total, "tomogram": p.tomogram,
-           "tomogram_index": p.tomogram_index, "tomogram_count": p.tomogram_count,
-           "message": p.message, "voxel_size": p.voxel_size}  # fmt: skip
-    print("@progress " + json.dumps(rec), file=sys.stderr, flush=True)
+def _preview_seconds() -> float | None:
+    try:
+        v = float(os.environ.get(ev.PREVIEW_ENV, ""))
+    except ValueError:
+        return None
+    return v if v > 0 else None
 
 
-def _run(params: ReconstructParams, argv: list[str]) -> int:
+def _run(
+    params: ReconstructParams,
+    argv: list[str],
+    comm: Any,
+    rank: int,
+    reporter: TextReporter | EventReporter,
+) -> None:
     from .job import run
 
-    global _RANK
-    comm = mpi_communicator()
-    rank = _RANK = comm.Get_rank() if comm is not None else 0
-    as_json = os.environ.get("SUBTOMO_PROGRESS") == "json"
-    bar = None
-    gen = run(params, command=shlex.join(["subtomo-recon", *argv]), comm=comm)
+    events = isinstance(reporter, EventReporter)
+    gen = run(
+        params,
+        command=shlex.join(["subtomo-recon", *argv]),
+        comm=comm,
+        preview_interval=_preview_seconds() if events else None,
+    )
+    result = _drive(gen, reporter if rank == 0 else None)
+    if rank == 0 and result is not None:
+        reporter.result(result)
+
+
+def _drive(gen: Iterator[Any], reporter: TextReporter | EventReporter | None) -> Any:
     try:
         while True:
-            p = next(gen)
-            if rank != 0:
+            event = next(gen)
+            if reporter is None:
                 continue
-            if as_json:
-                _json_progress(p)
-                continue
-            if p.stage == "backprojecting":
-                if bar is None:
-                    bar = _progress_bar(p.total)
-                    if comm is not None:
-                        bar.set_postfix_str(f"rank 0 of {comm.Get_size()}", refresh=False)
-                bar.total = p.total
-                bar.n = p.done
-                bar.set_description(p.tomogram, refresh=False)
-                bar.refresh()
-            elif p.stage != "reading" and bar is not None:
-                bar.close()
-                bar = None
-            if p.stage in ("finalising", "writing"):
-                print(p.message, file=sys.stderr)
+            if isinstance(event, ev.Preview):
+                reporter.preview(event)
+            else:
+                reporter.progress(event)
     except StopIteration as stop:
-        result = stop.value
+        return stop.value
     finally:
-        if bar is not None:
-            bar.close()
-    if rank != 0:
-        return 0
-    for w in result.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    rate = result.particle_tilts / result.elapsed if result.elapsed > 0 else 0.0
-    print(
-        f"{result.particles} particles, {result.particle_tilts} particle-tilts in "
-        f"{result.elapsed:.1f} s ({rate:.0f} particle-tilts/s)"
-    )
-    if result.resolution_0143 is not None:
-        print(
-            f"half-map FSC (unmasked): {result.resolution_0143:.2f} A at 0.143, "
-            f"{result.resolution_05:.2f} A at 0.5"
-        )
-    for name in ("merged", "half1", "half2"):
-        if name in result.files:
-            print(f"{name}: {result.files[name]}")
-    if params.pipeline_control:
-        _pipeline_status(["--pipeline_control", params.pipeline_control], "RELION_JOB_EXIT_SUCCESS")
-    return 0
+        if reporter is not None:
+            reporter.close()

@@ -1,0 +1,131 @@
+"""The job's last stage: every output file written as one group, or none.
+
+Each file is written under a temporary name first; the renames follow when all are
+written, with SIGTERM/SIGINT held, so the folder keeps its previous files until a few
+microseconds before the end, and an error while writing leaves no new file at all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..params import ReconstructParams
+from .inputs import Inputs
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Fail before any work if the output folder cannot be created or written."""
+    p = out_dir.resolve()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise InputError(f"{out_dir}: {p} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise InputError(f"{out_dir}: the output directory is not writable ({p})")
+
+
+def prepare_output_dir(out_dir: Path) -> None:
+    """Create the output folder (and temp/) before any heavy work, or fail clearly."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{out_dir}: cannot create the output directory ({e.strerror})") from None
+    if not os.access(out_dir, os.W_OK):
+        raise InputError(f"{out_dir}: the output directory is not writable")
+
+
+def check_maps(maps: dict[str, dict[str, Any]]) -> None:
+    """A map with NaN or infinite voxels is never written: say so instead."""
+    for tag, m in maps.items():
+        bad = int(np.count_nonzero(~np.isfinite(m["final"])))
+        if bad:
+            raise InputError(
+                f"the {tag} map has {bad} non-finite voxels (NaN or infinity); nothing was "
+                "written: check the numeric values of the inputs"
+            )
+
+
+def write_outputs(
+    maps: dict[str, dict[str, Any]], params: ReconstructParams, inp: Inputs, out_dir: Path,
+    voxel_size: float, command: str | None = None,
+) -> dict[str, Path]:  # fmt: skip
+    """Write every output under a temporary name, then rename them all into place."""
+    from ..io.atomic import temp_name
+    from ..io.mrc import write_map
+    from ..io.optimisation_set import OptimisationSet, optimisation_set_blocks
+    from ..io.star import write_star
+
+    prepare_output_dir(out_dir)
+    files: dict[str, Path] = {}
+    staged: list[tuple[Path, Path]] = []
+
+    def stage(name: str, final: Path, writer: Callable[[Path], object]) -> None:
+        tmp = temp_name(final)
+        writer(tmp)
+        staged.append((tmp, final))
+        files[name] = final
+
+    try:
+        for tag, m in maps.items():
+            for key, name in (
+                ("data", f"data_{tag}"), ("weight", f"weight_{tag}"),
+                ("full", f"{tag}_full"), ("final", tag),
+            ):  # fmt: skip
+                if m[key] is not None:
+                    stage(
+                        name,
+                        out_dir / f"{name}.mrc",
+                        lambda t, a=m[key]: write_map(t, a, voxel_size),
+                    )
+        opt = inp.optimisation_set
+        ref = OptimisationSet(
+            particles=opt.particles, tomograms=opt.tomograms, trajectories=opt.trajectories
+        )
+        written = Path(params.output_dir)  # as the user wrote it: relative to the project
+        if "half1" in maps:
+            ref.reference1 = str(written / "half1.mrc")
+            ref.reference2 = str(written / "half2.mrc")
+        else:
+            ref.reference1 = str(written / "merged.mrc")
+        stage(
+            "optimisation_set", out_dir / "optimisation_set.star",
+            lambda t: write_star(optimisation_set_blocks(ref), t),
+        )  # fmt: skip
+        if not params.pipeline_control:  # RELION's pipeliner (or the widget) writes it then
+            text = (
+                f"++++ Executing new job on {time.strftime('%a %b %d %H:%M:%S %Y')}\n"
+                f"++++ with the following command(s):\n{command}\n++++\n"
+            )
+            stage("note", out_dir / "note.txt", lambda t: Path(t).write_text(text))
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    # a signal between two renames would leave a mix of new and old maps: hold it
+    blocked = _block_signals()
+    try:
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    finally:
+        _unblock_signals(blocked)
+    return files
+
+
+def _block_signals() -> set[signal.Signals] | None:
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+
+
+def _unblock_signals(old: set[signal.Signals] | None) -> None:
+    if old is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

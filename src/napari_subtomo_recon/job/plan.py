@@ -1,0 +1,168 @@
+"""The job's second stage: the geometry of every particle, this rank's share, the
+numerics' settings and the memory they need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..params import ReconstructParams
+from .inputs import Inputs
+
+
+@dataclass
+class TomoPlan:
+    """The share of one tilt series that this process backprojects."""
+
+    index: int  # row in the tomogram set
+    ts: Any  # io.TiltSeries
+    P: np.ndarray  # (fc, 4, 4)
+    particles: np.ndarray  # indices into the particle set
+    geo: Any  # core.particles.ParticleGeometry of those particles
+
+    @property
+    def work(self) -> int:
+        return int(self.geo.visible.sum())
+
+
+def threads_of(params: ReconstructParams) -> int:
+    """--j, at most the threads Numba may start."""
+    import numba
+
+    return max(1, min(int(params.threads), int(numba.config.NUMBA_NUM_THREADS)))
+
+
+def settings_of(params: ReconstructParams, threads: int | None = None) -> Any:
+    """The numerics' :class:`~napari_subtomo_recon.core.backprojection.Settings`."""
+    from ..core.backprojection import Settings
+
+    return Settings(
+        box=int(params.box_size),
+        binning=float(params.binning),
+        do_ctf=not params.no_ctf,
+        circle_crop=not params.no_circle_crop,
+        cutoff_fract=float(params.cutoff_fraction),
+        whiten=bool(params.whiten),
+        exact=bool(params.exact),
+        prebin=params.prebin,
+        threads=threads_of(params) if threads is None else threads,
+    )
+
+
+def plan_work(params: ReconstructParams, inp: Inputs) -> list[TomoPlan]:
+    """Geometry of every particle, per tilt series, in tomogram-set order."""
+    from ..core.geometry import tilt_projections
+    from ..core.particles import particle_geometry
+
+    parts = inp.particles
+    plans = []
+    for k, idx in enumerate(inp.by_tomogram):
+        if idx.size == 0:
+            continue
+        ts = inp.tomograms.tomograms[k]
+        P = tilt_projections(ts)
+        trajs = None
+        if inp.trajectories is not None:
+            trajs = np.stack([inp.trajectories[i] for i in idx])
+        geo = particle_geometry(
+            P,
+            ts.centre,
+            ts.pixel_size,
+            ts.image_size,
+            parts.coords[idx],
+            parts.centred,
+            parts.pixel_size()[idx],
+            parts.origins_angst[idx],
+            None if parts.angles is None else parts.angles[idx],
+            None if parts.sub_angles is None else parts.sub_angles[idx],
+            int(params.box_size),
+            trajs,
+        )
+        plans.append(TomoPlan(k, ts, P, idx, geo))
+    return plans
+
+
+def split_plans(plans: list[TomoPlan], rank: int, size: int) -> list[TomoPlan]:
+    """Rank ``rank``'s contiguous share of the particles, balanced by particle-tilts.
+
+    RELION's MPI binary splits by tomogram, so ranks beyond the number of tilt series
+    idle; splitting the particle list lets every rank work.
+    """
+    if size <= 1:
+        return plans
+    from ..core.particles import subset
+
+    work = np.concatenate([p.geo.visible.sum(axis=1) for p in plans])
+    cum = np.concatenate([[0], np.cumsum(work)])
+    total = cum[-1]
+    lo_w, hi_w = total * rank / size, total * (rank + 1) / size
+    # particle j belongs to the rank whose share contains the middle of its work
+    mid = (cum[:-1] + cum[1:]) / 2.0
+    mine = (mid >= lo_w) & (mid < hi_w) if rank < size - 1 else mid >= lo_w
+    out, start = [], 0
+    for p in plans:
+        n = p.particles.size
+        sel = np.flatnonzero(mine[start : start + n])
+        start += n
+        if sel.size:
+            out.append(TomoPlan(p.index, p.ts, p.P, p.particles[sel], subset(p.geo, sel)))
+    return out
+
+
+def memory_estimate(params: ReconstructParams, plans: list[TomoPlan], st: Any) -> int:
+    """Peak resident bytes of a run: accumulators + the larger of (tilt images and their
+    FFTs + one batch of prepared slices + one chunk of windows per thread) and
+    (finalisation's temporary volumes)."""
+    from ..core.backprojection import Accumulators, packed_bytes
+
+    s = int(params.box_size)
+    batch_bytes = st.insertion_batch() * packed_bytes(s)
+    acc = Accumulators.nbytes(s)
+    final = 8 * s**3 * 8
+    frame = 0
+    for p in plans:
+        W, H = p.ts.image_size
+        pixels = (W + s * params.binning) * (H + s * params.binning)
+        frame = max(frame, int(pixels * 4 * (1 if params.exact else 4)))
+    return int(acc + max(final, frame + batch_bytes + st.chunk_bytes * max(1, st.threads)))
+
+
+def fit_memory(params: ReconstructParams, plans: list[TomoPlan], st: Any) -> None:
+    """Shrink the batch buffers to fit --mem (GB) and the machine; refuse a job that cannot fit."""
+    gb = 2**30
+    limit = params.memory_gb * gb if params.memory_gb > 0 else None
+    avail = available_memory()
+    if avail is not None:
+        limit = min(limit, avail) if limit is not None else avail
+    if limit is None:
+        return
+    per_slice = int(params.box_size) ** 2 * 40  # a window, its FFT and the prepared slice
+    while memory_estimate(params, plans, st) > limit and st.batch_bytes > 16 * per_slice:
+        st.batch_bytes //= 2
+    need = memory_estimate(params, plans, st)
+    if need > limit:
+        what = (
+            f"--mem {params.memory_gb:g}"
+            if params.memory_gb > 0 and limit == params.memory_gb * gb
+            else "available memory"
+        )
+        b = params.box_size
+        acc = 2 * b**2 * (b // 2 + 1) * 24 / gb
+        raise InputError(
+            f"{what}: this job needs about {need / gb:.3g} GB (of which the accumulators for "
+            f"--b {b}: {acc:.3g} GB); reduce --b or free memory"
+        )
+
+
+def available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -1,0 +1,317 @@
+"""The Reconstruct particle job in stages: load → plan → backproject → finalise → write.
+
+:func:`run` is a generator: it yields :class:`~..events.Progress` (and, with a preview
+interval, :class:`~..events.Preview`) events and returns the :class:`~..events.Result`.
+Closing it (or not iterating further) cancels the job: maps are only written at the very
+end, as one group, so a cancelled job leaves none.
+
+The stages are methods of :class:`Job`; MPI, checkpoints and the preview are small
+collaborators (:mod:`.collaborators`).  Under MPI every stage ends with an agreement:
+if any rank failed, every rank stops with that rank's message.  ``faults`` is a hook
+for tests: it is called with the name of each step and may raise.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from .. import events as ev
+from ..errors import Cancelled, InputError
+from ..io.star import at
+from ..params import ReconstructParams, to_argv
+from .collaborators import (
+    Checkpoints,
+    Comm,
+    NoCheckpoints,
+    PreviewWriter,
+    clear_checkpoints,
+    comm_of,
+)
+from .finalise import finalise, finalise_steps
+from .inputs import Inputs, load_inputs
+from .outputs import check_maps, check_output_dir, prepare_output_dir, write_outputs
+from .plan import TomoPlan, fit_memory, plan_work, settings_of, split_plans
+
+T = TypeVar("T")
+Events = Generator[Any, None, T]
+
+
+@dataclass
+class Plan:
+    """What this rank will do (the plan stage's result)."""
+
+    all_plans: list[TomoPlan]  # every tilt series with particles (for the totals)
+    plans: list[TomoPlan]  # this rank's share
+    settings: Any  # core.backprojection.Settings
+    voxel_size: float  # Å, of the maps
+    total: int  # this rank's particle-tilts
+
+
+class Job:
+    """One run; see the module docstring.  ``root``: the project folder that relative
+    paths refer to (default: the working directory, as in RELION)."""
+
+    def __init__(
+        self,
+        params: ReconstructParams,
+        *,
+        root: str | None = None,
+        comm: Any = None,
+        command: str | None = None,
+        preview_interval: float | None = None,
+        faults: Callable[[str], None] | None = None,
+    ) -> None:
+        self.params = params
+        self.root = root
+        self.comm: Comm = comm_of(comm)
+        self.command = command or shlex.join(["subtomo-recon", *to_argv(params)])
+        self.out_dir = Path(at(root, params.output_dir))
+        self.faults = faults or (lambda step: None)
+        self.preview = (
+            PreviewWriter(self.out_dir / "temp" / "preview.mrc", preview_interval)
+            if preview_interval and self.comm.rank == 0
+            else None
+        )
+        self.t0 = time.perf_counter()
+        self.done = 0
+
+    # ------------------------------------------------------------------ the stages
+    def run(self) -> Events[ev.Result]:
+        self.params.check_runnable()
+        inp = yield from self._agreed(self.load())
+        plan = yield from self._agreed(self.plan(inp))
+        acc = yield from self._agreed(self.backproject(inp, plan))
+        self.comm.reduce(acc.data, acc.weight)
+        result = ev.Result(
+            output_dir=self.out_dir,
+            voxel_size=plan.voxel_size,
+            particle_tilts=sum(p.work for p in plan.all_plans),
+            particles=int(sum(p.particles.size for p in plan.all_plans)),
+            warnings=list(inp.warnings),
+        )
+        if self.params.no_recon or self.comm.rank != 0:
+            result.elapsed = self._elapsed()
+            return result
+        maps = yield from self.finalise(inp, plan, acc)
+        result.files = yield from self.write(inp, plan, maps)
+        self._fsc(result, maps)
+        result.elapsed = self._elapsed()
+        yield self._progress(ev.Stage.DONE, plan, message="finished")
+        return result
+
+    def load(self) -> Events[Inputs]:
+        yield ev.Progress(ev.Stage.READING, message="reading inputs")
+        self.faults("load")
+        return load_inputs(self.params, self.root)
+
+    def plan(self, inp: Inputs) -> Events[Plan]:
+        all_plans = plan_work(self.params, inp)
+        plans = split_plans(all_plans, self.comm.rank, self.comm.size)
+        st = settings_of(self.params)
+        voxel_size = inp.tomograms.tomograms[0].pixel_size * self.params.binning
+        plan = Plan(all_plans, plans, st, voxel_size, sum(p.work for p in plans))
+        yield self._progress(ev.Stage.CHECKING, plan, message="checking tilt images")
+        check_output_dir(self.out_dir)
+        fit_memory(self.params, plans, st)
+        from ..io import FrameReader
+
+        with FrameReader() as reader:
+            for name in check_tilt_images(plans, reader):
+                yield self._progress(
+                    ev.Stage.CHECKING, plan, message=f"checking tilt images of {name}"
+                )
+        prepare_output_dir(self.out_dir)
+        return plan
+
+    def backproject(self, inp: Inputs, plan: Plan) -> Events[Any]:
+        import numba
+
+        from ..core.aberrations import group_phases
+        from ..core.backprojection import Accumulators, backproject, tilt_series_terms
+        from ..io import FrameReader
+
+        parts, st = inp.particles, plan.settings
+        numba.set_num_threads(st.threads)
+        s = int(self.params.box_size)
+        gamma_offset = group_phases(parts.optics.even_zernike, s, plan.voxel_size, odd=False)
+        odd_phase = group_phases(parts.optics.odd_zernike, s, plan.voxel_size, odd=True)
+        acc = Accumulators.zeros(s)
+        half_all = (parts.subset - 1) if parts.has_half_sets else np.zeros(len(parts), np.int64)
+        ckpt = self._checkpoints(inp)
+        finished = ckpt.resume(acc.data, acc.weight)
+        self.done = sum(p.work for p in plan.plans if p.ts.name in finished)
+        self.faults("backproject")
+        px0 = inp.tomograms.tomograms[0].pixel_size
+        with FrameReader() as reader:
+            for n_t, p in enumerate(plan.plans):
+                if p.ts.name in finished:
+                    continue
+                self._check_abort()
+                tomo = (p, n_t + 1)
+                yield self._progress(ev.Stage.BACKPROJECTING, plan, tomo)
+                terms = tilt_series_terms(p.ts, p.P, st, gamma_offset, odd_phase)
+
+                def read_frame(f: int, ts: Any = p.ts) -> np.ndarray:
+                    what = f"tilt image {f + 1} of tomogram '{ts.name}'"
+                    return reader.read(*ts.frames[f], what=what)  # type: ignore[no-any-return]
+
+                for n in backproject(
+                    p.ts, read_frame, p.geo, half_all[p.particles], terms, st, acc,
+                    scale_ratio=px0 / p.ts.pixel_size,
+                    optics_group=parts.optics_group[p.particles] - 1,
+                ):  # fmt: skip
+                    self.done += n
+                    yield self._progress(ev.Stage.BACKPROJECTING, plan, tomo)
+                    yield from self._maybe_preview(plan, acc, parts.has_half_sets)
+                finished.append(p.ts.name)
+                if n_t + 1 < len(plan.plans):
+                    ckpt.save(finished, acc.data, acc.weight)
+        return acc
+
+    def finalise(self, inp: Inputs, plan: Plan, acc: Any) -> Events[dict[str, Any]]:
+        steps = finalise_steps(
+            acc.data, acc.weight, self.params, plan.voxel_size, inp.particles.has_half_sets,
+            plan.settings.threads,
+        )  # fmt: skip
+        while True:
+            try:
+                msg = next(steps)
+            except StopIteration as stop:
+                maps: dict[str, Any] = stop.value
+                break
+            yield self._progress(ev.Stage.FINALISING, plan, message=msg)
+        check_maps(maps)
+        return maps
+
+    def write(self, inp: Inputs, plan: Plan, maps: dict[str, Any]) -> Events[dict[str, Path]]:
+        yield self._progress(ev.Stage.WRITING, plan, message=f"writing maps to {self.out_dir}")
+        self.faults("write")
+        files = write_outputs(
+            maps, self.params, inp, self.out_dir, plan.voxel_size, self.command
+        )
+        if self.preview is not None:
+            self.preview.remove()
+        clear_checkpoints(self.out_dir / "temp")
+        return files
+
+    # ------------------------------------------------------------------ helpers
+    def _agreed(self, stage: Events[T]) -> Events[T]:
+        """Run a stage; under MPI every rank then learns whether any rank failed in it."""
+        try:
+            value = yield from stage
+        except Exception as e:
+            self.comm.agree(e)
+            raise
+        self.comm.agree(None)
+        return value
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def _progress(
+        self, stage: ev.Stage, plan: Plan, tomo: tuple[TomoPlan, int] | None = None,
+        message: str = "",
+    ) -> ev.Progress:  # fmt: skip
+        p, index = tomo if tomo is not None else (None, 0)
+        if tomo is not None and not message:
+            message = f"tomogram {index}/{len(plan.plans)}: {p.ts.name}"  # type: ignore[union-attr]
+        return ev.Progress(
+            stage, self.done, plan.total, p.ts.name if p is not None else "", index,
+            len(plan.plans), message, self._elapsed(), voxel_size=plan.voxel_size,
+        )  # fmt: skip
+
+    def _maybe_preview(self, plan: Plan, acc: Any, half_sets: bool) -> Events[None]:
+        if self.preview is None or not self.preview.due() or self.done == 0:
+            return
+        D, W = acc.data.copy(), acc.weight.copy()
+        vol = finalise(
+            D, W, self.params, plan.voxel_size, False, plan.settings.threads, merged_only=True
+        )
+        yield self.preview.publish(vol, plan.voxel_size, self.done, plan.total)
+
+    def _checkpoints(self, inp: Inputs) -> Checkpoints | NoCheckpoints:
+        if self.params.no_backup:
+            return NoCheckpoints()
+        return Checkpoints(
+            self.out_dir / "temp",
+            fingerprint(self.params, inp, self.comm.rank, self.comm.size, self.root),
+            self.comm.rank,
+            resume=self.params.only_do_unfinished,
+        )
+
+    def _check_abort(self) -> None:
+        ctl = self.params.pipeline_control
+        if ctl and Path(at(self.root, ctl), "RELION_JOB_ABORT_NOW").exists():
+            raise Cancelled("aborted through RELION_JOB_ABORT_NOW")
+
+    def _fsc(self, result: ev.Result, maps: dict[str, Any]) -> None:
+        if "half1" not in maps:
+            return
+        from ..core.fsc import fsc, resolution_at
+
+        result.fsc = fsc(maps["half1"]["out"], maps["half2"]["out"])
+        result.resolution_0143 = resolution_at(result.fsc, 0.143, result.voxel_size)
+        result.resolution_05 = resolution_at(result.fsc, 0.5, result.voxel_size)
+
+
+def fingerprint(
+    params: ReconstructParams, inp: Inputs, rank: int, size: int, root: str | None = None
+) -> dict[str, Any]:
+    """What a checkpoint must agree with to be resumed: the options that change the
+    accumulated volumes, the input star files (size, mtime) and the rank layout."""
+    import os
+
+    files = {}
+    opt = inp.optimisation_set
+    for name in (opt.particles, opt.tomograms, opt.trajectories):
+        if name:
+            st = os.stat(at(root, name))
+            files[name] = [st.st_size, st.st_mtime_ns]
+    return {"params": params.fingerprint(), "files": files, "rank": rank, "size": size}
+
+
+def check_tilt_images(plans: list[TomoPlan], reader: Any) -> Generator[str, None, None]:
+    """Every tilt image a particle is visible in must be readable and finite.
+
+    A generator: yields the tomogram's name after each image (cancel points).
+    """
+    for p in plans:
+        used = np.flatnonzero(p.geo.visible.any(axis=0))
+        for f in used:
+            yield p.ts.name
+            path, idx = p.ts.frames[f]
+            bad = reader.first_non_finite(
+                path, idx, what=f"tilt image {f + 1} of tomogram '{p.ts.name}'"
+            )
+            if bad is not None:
+                x, y = bad
+                which = f"image {idx + 1}" if idx is not None else "the image"
+                raise InputError(
+                    f"{path}: {which} (frame {f + 1} of tomogram '{p.ts.name}', {p.ts.source} "
+                    f"row {f + 1}) has a non-finite pixel at x={x}, y={y}"
+                )
+
+
+def run(params: ReconstructParams, **kwargs: Any) -> Events[ev.Result]:
+    """Reconstruct (see :class:`Job` for the keyword arguments)."""
+    return Job(params, **kwargs).run()
+
+
+def run_to_completion(
+    params: ReconstructParams, on_progress: Callable[[Any], None] | None = None, **kwargs: Any
+) -> ev.Result:
+    gen = run(params, **kwargs)
+    try:
+        while True:
+            p = next(gen)
+            if on_progress is not None:
+                on_progress(p)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
