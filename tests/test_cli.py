@@ -24,7 +24,11 @@ def test_relion_gui_command_line_parses_verbatim():
         "--pipeline_control Reconstruct/job011/"
     ).split()
     p, extra = parse_args(argv)
-    assert (p.i, p.o, p.b, p.crop, p.bin, p.j, p.j_out, p.j_in, p.sym, p.mem) == (
+    got = (
+        p.optimisation_set, p.output_dir, p.box_size, p.crop_size, p.binning, p.threads,
+        p.threads_out, p.threads_in, p.symmetry, p.memory_gb,
+    )  # fmt: skip
+    assert got == (
         "Extract/job010/optimisation_set.star", "Reconstruct/job011/",
         192, 96, 6.0, 12, 12, 1, "C6", 50.0,
     )  # fmt: skip
@@ -32,7 +36,7 @@ def test_relion_gui_command_line_parses_verbatim():
     p, _ = parse_args(
         ["--o", "x", "--b", "64", "--SNR", "0.001", "--no_ctf", "--whiten", "--crop", "-1"]
     )
-    assert p.SNR == 0.001 and p.no_ctf and p.whiten and p.crop == -1
+    assert p.snr == 0.001 and p.no_ctf and p.whiten and p.crop_size == -1
 
 
 @pytest.mark.parametrize(
@@ -145,22 +149,38 @@ def test_pipeline_control_success_and_abort(tmp_path):
     assert not (out / "merged.mrc").exists()
 
 
-def test_json_progress_for_a_parent_process(tmp_path):
+def test_events_for_a_parent_process(tmp_path):
+    """SUBTOMO_EVENTS=stderr: every stage as an event, the result last, paths absolute."""
+    import shutil
+
+    from napari_subtomo_recon import events as ev
+
+    shutil.copytree(INPUTS / "r5", tmp_path / "p")
     r = run_cli(
-        INPUTS / "r5",
-        "--i",
-        "optimisation_set.star",
-        "--o",
-        str(tmp_path / "j"),
-        "--b",
-        "32",
-        "--bin",
-        "2",
-        env={"SUBTOMO_PROGRESS": "json"},
-    )
+        tmp_path / "p", "--i", "optimisation_set.star", "--o", "j/", "--b", "32", "--bin", "2",
+        env={"SUBTOMO_EVENTS": "stderr", "SUBTOMO_PREVIEW_SECONDS": "0.001"},
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("@progress ")]
-    assert any('"stage": "backprojecting"' in ln for ln in lines) and '"stage": "done"' in lines[-1]
+    events = [e for e in map(ev.decode, r.stderr.splitlines()) if e is not None]
+    assert all(ln.startswith(ev.PREFIX) for ln in r.stderr.splitlines()), r.stderr
+    stages = [e.stage for e in events if isinstance(e, ev.Progress)]
+    order = [ev.Stage.READING, ev.Stage.CHECKING, ev.Stage.BACKPROJECTING,
+             ev.Stage.FINALISING, ev.Stage.WRITING, ev.Stage.DONE]  # fmt: skip
+    assert [s for s in order if s in stages] == order
+    assert stages == sorted(stages, key=order.index)  # never back to an earlier stage
+    previews = [e for e in events if isinstance(e, ev.Preview)]
+    assert previews and all(p.path.is_absolute() for p in previews)
+    assert not previews[-1].path.exists()  # removed with the job's temp folder
+    result = events[-1]
+    assert isinstance(result, ev.Result) and result.output_dir == tmp_path / "p" / "j"
+    assert result.files["merged"] == tmp_path / "p" / "j" / "merged.mrc"
+    assert result.fsc is not None and result.resolution_0143 > 0
+    # a failure is an event too, with its kind
+    r = run_cli(tmp_path, "--i", "nope.star", "--o", "j/", "--b", "32",
+                env={"SUBTOMO_EVENTS": "stderr"})  # fmt: skip
+    *_, failure = [e for e in map(ev.decode, r.stderr.splitlines()) if e is not None]
+    assert isinstance(failure, ev.Failure) and failure.reason == ev.FailureKind.INPUT
+    assert r.returncode == failure.exit_code == 1 and "nope.star" in failure.message
 
 
 def test_sigterm_cancels_without_maps(tmp_path):
@@ -168,7 +188,7 @@ def test_sigterm_cancels_without_maps(tmp_path):
     import signal
 
     out = tmp_path / "job"
-    e = dict(os.environ, PYTHONPATH=SRC, SUBTOMO_PROGRESS="json")
+    e = dict(os.environ, PYTHONPATH=SRC, SUBTOMO_EVENTS="stderr")
     args = ["--i", "optimisation_set.star", "--o", str(out) + "/", "--b", "32", "--bin", "2",
             "--j", "1", "--exact", "--pipeline_control", str(out) + "/"]  # fmt: skip
     proc = subprocess.Popen(
@@ -176,7 +196,7 @@ def test_sigterm_cancels_without_maps(tmp_path):
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     for line in proc.stderr:  # wait until it backprojects, then stop it
-        if '"stage": "backprojecting"' in line:
+        if '"stage":"backprojecting"' in line:
             break
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)

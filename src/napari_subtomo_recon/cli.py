@@ -51,9 +51,7 @@ def _flags(cls: type[Any] = ReconstructParams) -> dict[str, dataclasses.Field[An
     return {spec_of(f).flag: f for f in dataclasses.fields(cls) if spec_of(f).flag}  # type: ignore[misc]
 
 
-def parse_args(
-    argv: list[str], cls: type[Any] = ReconstructParams
-) -> tuple[Any, dict[str, bool]]:
+def parse_args(argv: list[str], cls: type[Any] = ReconstructParams) -> tuple[Any, dict[str, bool]]:
     """RELION-style flags into parameters, and the program's own options (``--debug``...).
 
     Every value is checked against its field's domain; errors quote the text as typed.
@@ -92,8 +90,7 @@ def parse_args(
             value = parse_text(f, raw)
         except ValueError as e:
             raise InputError(f"{arg} {raw}: expected {e}") from None
-        if cls is ReconstructParams:
-            check_value(f.name, value, raw)
+        check_value(f.name, value, raw, cls)
         values[f.name] = value
     return cls(**values), extra
 
@@ -233,12 +230,14 @@ class EventReporter:
             self.emit(p)
 
     def preview(self, p: ev.Preview) -> None:
-        self.emit(p)
+        self.emit(dataclasses.replace(p, path=p.path.absolute()))
 
     def result(self, r: ev.Result) -> None:
+        """Paths are absolute: the reader does not share our working directory."""
         for w in r.warnings:
             self.emit(ev.Warning(w))
-        self.emit(r)
+        files = {k: p.absolute() for k, p in r.files.items()}
+        self.emit(dataclasses.replace(r, output_dir=r.output_dir.absolute(), files=files))
 
     def failure(self, f: ev.Failure, debug: bool) -> None:
         self.emit(f)
@@ -305,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     debug = "--debug" in argv
     events = os.environ.get(ev.ENV) == "stderr"
-    reporter: TextReporter | EventReporter = EventReporter(sys.stderr) if events else TextReporter(1)
+    reporter: TextReporter | EventReporter = (
+        EventReporter(sys.stderr) if events else TextReporter(1)
+    )
     rank = 0
     try:
         params, extra = parse_args(argv)

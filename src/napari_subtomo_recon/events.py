@@ -32,6 +32,8 @@ PREVIEW_ENV = "SUBTOMO_PREVIEW_SECONDS"  # seconds between live previews (events
 class Stage(str, Enum):
     """The job's stages, in order."""
 
+    COMPILING = "compiling"  # Numba kernels (the warm-up, before a first job)
+    SIMULATING = "simulating"  # writing the sample data set
     READING = "reading"  # star files and image headers
     CHECKING = "checking"  # every used tilt image readable and finite
     BACKPROJECTING = "backprojecting"

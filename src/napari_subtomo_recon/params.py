@@ -188,8 +188,8 @@ _QSUBSCRIPT_HELP = (
     "of extra variables is controlled through the environment variable "
     "RELION_QSUB_EXTRA_COUNT. Their help text is set by the environment variables "
     "RELION_QSUB_EXTRA1, RELION_QSUB_EXTRA2, etc For example, setenv "
-    "RELION_QSUB_EXTRA_COUNT 1, together with setenv RELION_QSUB_EXTRA1 \"Max number of "
-    "hours in queue\" will result in an additional (text) ein the GUI Any variables "
+    'RELION_QSUB_EXTRA_COUNT 1, together with setenv RELION_QSUB_EXTRA1 "Max number of '
+    'hours in queue" will result in an additional (text) ein the GUI Any variables '
     "XXXextra1XXX in the template script will be replaced by the corresponding value."
     "Likewise, default values for the extra entries can be set through environment "
     "variables RELION_QSUB_EXTRA1_DEFAULT, RELION_QSUB_EXTRA2_DEFAULT, etc. But note that "
@@ -545,11 +545,10 @@ class ReconstructParams:
         Raises InputError with one line naming the flag (or the GUI label).
         """
         for f in dataclasses.fields(self):
-            s = spec_of(f)
             value = getattr(self, f.name)
-            msg = s.domain.problem(value)
+            msg = spec_of(f).domain.problem(value)
             if msg:
-                raise InputError(f"{where(f.name)} {format_value(value)}: {msg}")
+                raise InputError(f"{where(f.name, type(self))} {format_value(value)}: {msg}")
         if 0 < self.crop_size and self.crop_size > self.box_size > 0:
             raise InputError(
                 f"--crop {self.crop_size}: the cropped box must not exceed the box "
@@ -581,15 +580,18 @@ class ReconstructParams:
     def fingerprint(self) -> dict[str, Any]:
         """The options a checkpoint must agree with to be resumed."""
         return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if spec_of(f).checkpoint
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if spec_of(f).checkpoint
         }
 
 
-def where(name: str) -> str:
+def field_map(cls: type[Any] = ReconstructParams) -> dict[str, dataclasses.Field[Any]]:
+    """The fields of a parameters class by name (a subclass may add options)."""
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def where(name: str, cls: type[Any] = ReconstructParams) -> str:
     """How a message names an option: its flag, or its GUI label."""
-    s = spec_of(FIELDS[name])
+    s = spec_of(field_map(cls)[name])
     return s.flag or s.label.rstrip(":?")
 
 
@@ -606,13 +608,11 @@ def format_value(v: object) -> str:
     return str(v)
 
 
-FIELDS: dict[str, dataclasses.Field[Any]] = {
-    f.name: f for f in dataclasses.fields(ReconstructParams)
-}
+FIELDS = field_map(ReconstructParams)
 
 
 def kind_of(f: dataclasses.Field[Any]) -> str:
-    """"bool", "int", "float", "text", "file", "dir", "choice" or "extras"."""
+    """ "bool", "int", "float", "text", "file", "dir", "choice" or "extras"."""
     s = spec_of(f)
     if s.kind:
         return s.kind
@@ -649,11 +649,14 @@ def parse_text(f: dataclasses.Field[Any], text: str) -> Any:
     return text
 
 
-def check_value(name: str, value: Any, text: str | None = None) -> None:
+def check_value(
+    name: str, value: Any, text: str | None = None, cls: type[Any] = ReconstructParams
+) -> None:
     """Raise InputError (flag or label, the value as written, what is wrong)."""
-    msg = spec_of(FIELDS[name]).domain.problem(value)
+    msg = spec_of(field_map(cls)[name]).domain.problem(value)
     if msg:
-        raise InputError(f"{where(name)} {text if text is not None else format_value(value)}: {msg}")
+        shown = text if text is not None else format_value(value)
+        raise InputError(f"{where(name, cls)} {shown}: {msg}")
 
 
 def iter_specs(cls: type[Any] = ReconstructParams) -> Iterator[tuple[str, Spec, str]]:

@@ -48,6 +48,12 @@ class FscPlot(QWidget):
 
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
         p = QPainter(self)
+        try:
+            self._paint(p)
+        finally:
+            p.end()  # an active painter left behind corrupts the backing store
+
+    def _paint(self, p: QPainter) -> None:
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         pal = self.palette()
         bg, fg = pal.window().color(), pal.windowText().color()
@@ -113,4 +119,3 @@ class FscPlot(QWidget):
             path.lineTo(pt(f, float(np.clip(c, y0, y1))))
         p.setPen(QPen(QColor("#e8e8e8") if bg.lightness() < 128 else QColor("#202020"), 2))
         p.drawPath(path)
-        p.end()

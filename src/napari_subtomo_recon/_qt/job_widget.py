@@ -1,7 +1,11 @@
 """The "Reconstruct particle" dock widget: RELION's job tabs, Run/Continue/Cancel, maps, FSC.
 
-A view on :mod:`napari_subtomo_recon.io.jobstar` (fields, command, job.star) and on
-:mod:`napari_subtomo_recon.job` (the run itself, through :mod:`.runner`).
+A thin view: the form is built from :mod:`..params`, the job folder is kept by
+:mod:`..job.relion` (job.star, note.txt, status files, Continue!), and every job runs as a
+child process (:mod:`..job.launch`) whose events (:mod:`..events`) arrive through
+:mod:`.runner`.  Nothing heavy runs on napari's interpreter: the widget imports no Numba,
+warms the kernel cache in a child process when it opens, and a Run started meanwhile
+waits for it.
 
 **Continue!** has the meaning of RELION's button: it runs the job again in its own folder
 with ``--only_do_unfinished`` (``rlnJobIsContinue 1`` in job.star, the command appended
@@ -11,126 +15,100 @@ to note.txt), so a cancelled or crashed job resumes from its per-tomogram checkp
 from __future__ import annotations
 
 import os
-import shlex
+import threading
 from pathlib import Path
+from typing import Any
 
-from magicgui.widgets import Container, Label
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QApplication,
+    QCheckBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
-    QScrollArea,
-    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
-from .._reader import MAP_TAGS, map_layer_kwargs, project_for
-from ..core.symmetry import validate_symmetry
+from .. import events as ev
 from ..errors import InputError
-from ..io import jobstar
-from .fields import get_field, make_field, relative_to, set_field
+from ..job import relion
+from ..job.launch import Child, Outcome, job_argv, program_tokens
+from ..params import ReconstructParams
+from .form import ParamsForm, relative_to
 from .fsc_plot import FscPlot
-from .runner import (
-    JobRunner,
-    Outcome,
-    run_in_process,
-    run_subprocess,
-    submit_to_queue,
-    subprocess_argv,
-)
+from .layers import one_per_turn, remove_layers, show_map
+from .runner import SHOWN_MAPS, MapData, TaskRunner, Update, child_work, read_map_data, submit_work
 
 ERROR_STYLE = "color: #ff6b6b;"
-INVALID_FIELD_STYLE = "border: 1px solid #ff6b6b;"
+PREVIEW_SECONDS = 2.0  # between live previews of the merged map
+_KERNELS = {"ready": False}  # a warm-up succeeded in this napari session: no need again
 
 
-def has_checkpoints(job_dir: Path) -> bool:
-    """Per-tomogram checkpoints of an unfinished run (``<job>/temp/``)."""
-    try:
-        return any((Path(job_dir) / "temp").glob("checkpoint_rank*.json"))
-    except OSError:
-        return False
+def _warm_napari_in_background(done: threading.Event) -> None:
+    """Prepare what napari's first 3D layer needs (~1-2 s: pint's unit registry, the layer,
+    its controls, the histogram) off the GUI thread, so that the first map (a preview, the
+    sample's truth) does not freeze napari.
 
+    pint's lazily built application registry is not thread-safe: a complete registry is
+    built here and installed on the GUI thread, and only if napari has not built one yet.
+    """
+    built: dict[str, Any] = {}
 
-def can_continue(job_dir: Path) -> bool:
-    """Continue! is possible: the job folder exists and has checkpoints or no final maps."""
-    job_dir = Path(job_dir)
-    return job_dir.is_dir() and (has_checkpoints(job_dir) or not (job_dir / "merged.mrc").exists())
+    def warm() -> None:
+        try:
+            import napari._qt.layer_controls.qt_image_controls  # noqa: F401
+            import napari._vispy.layers.image  # noqa: F401
+            import napari.components.histogram  # noqa: F401
+            import napari.layers.image  # noqa: F401
+            import pint
+            import scipy.ndimage  # noqa: F401
 
+            built["registry"] = pint.UnitRegistry()
+            built["registry"].Unit("angstrom")
+            import OpenGL.GL  # noqa: F401  (PyOpenGL, when napari's canvas wants it)
+        except Exception:
+            pass
 
-def was_interrupted(job_dir: Path) -> bool:
-    """A job that ran (note.txt, a status file or checkpoints) and did not finish."""
-    job_dir = Path(job_dir)
-    if not can_continue(job_dir) or (job_dir / "RELION_JOB_EXIT_SUCCESS").exists():
-        return False
-    ran = ("note.txt", "RELION_JOB_EXIT_FAILURE", "RELION_JOB_EXIT_ABORTED")
-    return has_checkpoints(job_dir) or any((job_dir / f).exists() for f in ran)
+    def install() -> None:
+        if thread.is_alive():
+            QTimer.singleShot(100, install)
+            return
+        done.set()
+        try:
+            import pint
+            from pint.registry import LazyRegistry
 
+            if "registry" in built and isinstance(pint.get_application_registry().get(),
+                                                  LazyRegistry):  # fmt: skip
+                pint.set_application_registry(built["registry"])
+        except Exception:
+            pass
 
-def _warm_up_napari() -> None:
-    """Make a throw-away 3D image layer now: napari's first layer loads pint's unit
-    registry and more (~1 s), which would otherwise freeze the GUI when the first live
-    preview arrives."""
-    try:
-        import numpy as np
-        from napari.layers import Image
-
-        Image(np.zeros((2, 2, 2), np.float32), rendering="iso")
-    except Exception:
-        pass
+    thread = threading.Thread(target=warm, name="subtomo-recon-warm-napari", daemon=True)
+    thread.start()
+    QTimer.singleShot(100, install)
 
 
 class ReconstructParticleWidget(QWidget):
-    """RELION 5's Reconstruct particle job as a napari widget.
+    """RELION 5's Reconstruct particle job as a napari widget."""
 
-    ``fields`` maps RELION's job-option names (``box_size``, ``sym_name``, ...) to the
-    magicgui widgets; ``values()`` / ``set_values()`` read and write them.
-    """
-
-    def __init__(self, napari_viewer, parent=None):
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.options = jobstar.job_options()
-        self.fields: dict[str, object] = {}
-        self.preview_interval: float | None = 2.0  # s between live previews of the map
-        self.use_subprocess = False  # also run nr_mpi = 1 through subtomo-recon
         self.last_error: str | None = None
         self.last_outcome: Outcome | None = None
+        self.kernels_ready = False
         self._output_auto = True  # output_dir follows the next free job number
-        self._updating = False
-        self._pbar = None
         self._running_job: Path | None = None
-        self._running_command: str | None = None
-        self._fsc_dock = None
+        self._pending: Child | None = None  # a run waiting for the kernel warm-up
+        self._fsc_dock: Any = None
 
-        self.setMinimumWidth(460)
-        self.tabs = QTabWidget()
-        self.tabs.setMinimumHeight(300)
-        self.containers: dict[str, Container] = {}
-        for tab in jobstar.TABS:
-            widgets = []
-            for opt in self.options.values():
-                if opt.tab != tab:
-                    continue
-                w = make_field(opt, base_dir=lambda: str(self.project()))
-                self.fields[opt.name] = w
-                widgets.append(w)
-                if opt.name == "sym_name":
-                    self.sym_status = Label(name="sym_status", label=" ", value="")
-                    self.sym_status.visible = False
-                    widgets.append(self.sym_status)
-            c = Container(widgets=widgets, name=tab)
-            c.native.layout().addStretch(1)  # pack the fields at the top, as RELION does
-            self.containers[tab] = c
-            scroll = QScrollArea()
-            scroll.setWidgetResizable(True)
-            scroll.setWidget(c.native)
-            self.tabs.addTab(scroll, tab)
-
+        self.form = ParamsForm(base_dir=lambda: str(self.project()))
+        self.form.setMinimumHeight(300)
         self.command_label = QLabel("Command:")
         self.command_view = QPlainTextEdit()
         self.command_view.setReadOnly(True)
@@ -142,26 +120,30 @@ class ReconstructParticleWidget(QWidget):
         self.message = QLabel("")
         self.message.setWordWrap(True)
         self.message.setStyleSheet(ERROR_STYLE)
-
+        self.live_preview = QCheckBox("Live preview")
+        self.live_preview.setChecked(True)
+        self.live_preview.setToolTip(
+            f"While the job runs, show the partial merged map every {PREVIEW_SECONDS:g} s "
+            "(the job spends a little time making it)"
+        )
         self.load_button = QPushButton("Load job.star…")
         self.save_button = QPushButton("Save job.star…")
         self.run_button = QPushButton("Run!")
         self.continue_button = QPushButton("Continue!")
         self.cancel_button = QPushButton("Cancel")
-        self.load_button.setToolTip("Fill the fields from a RELION job.star")
+        self.load_button.setToolTip("Fill the fields from a RELION job.star or job folder")
         self.save_button.setToolTip("Write these settings as a RELION job.star")
         self.run_button.setToolTip("Write job.star and note.txt into the job folder and run")
         self.continue_button.setToolTip(
-            "Run the job again in its output job folder with --only_do_unfinished: it "
-            "resumes from the checkpoint of the last finished tomogram (after a cancel or a "
-            "crash). Possible when the folder exists and has checkpoints or no final maps."
+            "Run the job again in its output job folder with --only_do_unfinished: it resumes "
+            "from the checkpoint of the last finished tomogram (after a cancel or a crash). "
+            "Possible when the folder exists and has checkpoints or no final maps."
         )
         self.cancel_button.setToolTip(
             "Stop the running job; no maps are written (Continue! resumes it later)"
         )
         self.continue_button.setEnabled(False)
         self.cancel_button.setEnabled(False)
-
         self.status = QLabel("Ready")
         self.status.setWordWrap(True)
         self.progress_bar = QProgressBar()
@@ -170,16 +152,15 @@ class ReconstructParticleWidget(QWidget):
         self.fsc_plot = FscPlot()
 
         buttons = QHBoxLayout()
-        for b in (
-            self.load_button, self.save_button, self.run_button, self.continue_button,
-            self.cancel_button,
-        ):  # fmt: skip
+        for b in (self.load_button, self.save_button, self.run_button, self.continue_button,
+                  self.cancel_button):  # fmt: skip
             buttons.addWidget(b)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.tabs)
+        layout.addWidget(self.form)
         layout.addWidget(self.command_label)
         layout.addWidget(self.command_view)
         layout.addWidget(self.message)
+        layout.addWidget(self.live_preview)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
@@ -188,158 +169,122 @@ class ReconstructParticleWidget(QWidget):
             layout.addWidget(self.fsc_plot)
             self.fsc_plot.hide()
 
-        self.runner = JobRunner(self)
+        self.jobs = TaskRunner(self)
+        self.warmup = TaskRunner(self)
+        self.samples = TaskRunner(self)
+        self.jobs.progressed.connect(self._on_progress)
+        self.jobs.finished.connect(self._on_finished)
+        self.warmup.progressed.connect(self._on_warmup_progress)
+        self.warmup.finished.connect(self._on_warmup_finished)
+        self.samples.finished.connect(self._on_sample_written)
+        self.samples.progressed.connect(self._on_sample_progress)
         app = QApplication.instance()
         if app is not None:  # no orphan job (or mpirun) when napari quits
             app.aboutToQuit.connect(self._shutdown)
-        self.runner.progressed.connect(self._on_progress)
-        self.runner.finished.connect(self._on_finished)
         self.load_button.clicked.connect(self._load_dialog)
         self.save_button.clicked.connect(self._save_dialog)
         self.run_button.clicked.connect(self.run)
         self.continue_button.clicked.connect(self.continue_job)
         self.cancel_button.clicked.connect(self.cancel)
-        for name, w in self.fields.items():
-            w.changed.connect(lambda *_, n=name: self._on_changed(n))
+        self.form.changed.connect(self._on_changed)
         layers = getattr(self.viewer, "layers", None)
         if layers is not None:
             layers.events.inserted.connect(self._on_layer_inserted)
 
-        _warm_up_napari()
-        self._updating = True
-        self.fields["project_dir"].value = os.getcwd()
-        self._updating = False
-        self._on_changed("project_dir")
-        for name in ("use_direct_entries", "do_helix", "do_queue", "sym_name"):
-            self._on_changed(name)
+        self.form.set_value("project_dir", os.getcwd())
+        self._set_output_auto()
+        self.napari_ready = threading.Event()  # set when napari's first layer is prepared
+        _warm_napari_in_background(self.napari_ready)
+        self.start_warmup()
 
     # ------------------------------------------------------------------ values
-    def values(self) -> dict[str, object]:
-        return {n: get_field(w, self.options[n]) for n, w in self.fields.items()}
+    def params(self) -> ReconstructParams:
+        """The form's parameters; InputError names the first bad field."""
+        return self.form.params()
 
-    def set_values(self, values: dict) -> list[str]:
-        """Set fields by job-option name; returns notes about widened ranges."""
-        notes = []
-        if "output_dir" in values:
-            self._output_auto = False
-        self._updating = True
-        try:
-            for name, v in values.items():
-                if name in self.fields:
-                    note = set_field(self.fields[name], self.options[name], v)
-                    if note:
-                        notes.append(note)
-        finally:
-            self._updating = False
-        for name in ("project_dir", "use_direct_entries", "do_helix", "do_queue", "sym_name"):
-            self._on_changed(name)
-        return notes
+    def set_params(self, p: ReconstructParams) -> None:
+        self.form.set_params(p)
+        self._refresh()
 
     def project(self) -> Path:
-        p = str(self.fields["project_dir"].value or "").strip()
+        p = self.form.text("project_dir").strip()
         return Path(p) if p else Path(os.getcwd())
 
     def job_dir(self) -> Path:
-        return self.project() / str(self.fields["output_dir"].value).strip()
+        return self.project() / self.form.text("output_dir").strip()
 
-    def command(self) -> jobstar.JobCommand:
-        return jobstar.build_command(self.values())
+    def command(self) -> relion.JobCommand:
+        return relion.build_command(self.params())
 
-    def check(self) -> str | None:
-        return jobstar.check_values(self.values(), self.project())
+    def check(self, is_continue: bool = False) -> str | None:
+        problem = self.form.problem()
+        if problem:
+            return problem
+        return relion.check(self.params(), is_continue)
 
     # ------------------------------------------------------------------ field logic
     def _on_changed(self, name: str) -> None:
-        if self._updating:
-            return
-        v = self.fields[name].value
         if name == "project_dir" and self._output_auto:
             self._set_output_auto()
         elif name == "output_dir":
             self._output_auto = False
-        elif name == "use_direct_entries":
-            for n in ("in_particles", "in_tomograms", "in_trajectories"):
-                self.fields[n].enabled = bool(v)
-        elif name == "do_helix":
-            for n, opt in self.options.items():
-                if opt.tab == "Helix" and n != "do_helix":
-                    self.fields[n].enabled = bool(v)
-        elif name == "do_queue":
-            for n in self.fields:
-                if n in ("queuename", "qsub", "qsubscript", "min_dedicated") or n.startswith(
-                    "qsub_extra"
-                ):
-                    self.fields[n].enabled = bool(v)
-        elif name == "sym_name":
-            msg = validate_symmetry(str(v).strip())
-            self.sym_status.value = "" if msg is None else msg
-            self.sym_status.native.setStyleSheet(ERROR_STYLE)
-            self.sym_status.native.setWordWrap(True)
-            self.sym_status.visible = msg is not None
-            self.fields[name].native.setStyleSheet("" if msg is None else INVALID_FIELD_STYLE)
         self._refresh()
 
     def _select_job(self, job_dir: Path) -> None:
         """Make ``job_dir`` the output job folder (no longer the next free one)."""
-        self._updating = True
-        try:
-            rel = relative_to(job_dir, self.project()).rstrip("/") + "/"
-            self.fields["output_dir"].value = rel
-        finally:
-            self._updating = False
+        self.form.set_value("output_dir", relative_to(job_dir, self.project()).rstrip("/") + "/")
         self._output_auto = False
 
     def _set_output_auto(self) -> None:
-        self._updating = True
-        try:
-            self.fields["output_dir"].value = jobstar.next_job_dir(self.project())
-        finally:
-            self._updating = False
+        self.form.set_value("output_dir", relion.next_job_dir(self.project()))
         self._output_auto = True
+        self._refresh()
 
     def _refresh(self) -> None:
         """Show the command line and the first problem with the settings."""
         self._update_buttons()
-        if self._running_command is not None:
+        if self._running_job is not None:
             return  # the command view shows the running job's command
-        try:
-            self.command_view.setPlainText(str(self.command()))
-        except InputError as e:
+        msg = self.form.problem()
+        if msg is None:
+            try:
+                self.command_view.setPlainText(str(self.command()))
+            except InputError as e:
+                self.command_view.setPlainText("")
+                msg = str(e)
+            else:
+                msg = relion.check(self.params())
+        else:
             self.command_view.setPlainText("")
-            self.message.setText(str(e))
-            return
-        msg = self.check()
         self.message.setText(msg or "")
 
     def _update_buttons(self) -> None:
-        running = self.runner.running
+        running = self.jobs.running or self._pending is not None
         self.run_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running and not self.runner.cancelling)
+        self.cancel_button.setEnabled(running and not self.jobs.cancelling)
         try:
-            ok = not running and can_continue(self.job_dir())
+            ok = not running and relion.can_continue(self.job_dir())
         except (OSError, ValueError):
             ok = False
         self.continue_button.setEnabled(ok)
 
     # ------------------------------------------------------------------ loading / saving
-    def load_job_star(self, path) -> bool:
-        """Fill the fields from a RELION job.star.
+    def load_job_star(self, path: str | os.PathLike[str]) -> bool:
+        """Fill the fields from a RELION job.star (or a job folder).
 
         The output is the next free job folder, except for a job that ran and did not
         finish (cancelled, crashed): that folder stays selected, for Continue!.
         """
         try:
-            job = jobstar.read_job_star(path)
-            values, notes = jobstar.values_from_job_star(job)
+            params, _, notes = relion.read_job(path)
         except InputError as e:
             self._error(str(e))
             return False
         file = Path(path)
         file = file / "job.star" if file.is_dir() else file
-        project = project_for(file)
-        values["project_dir"] = str(project)
-        notes += self.set_values(values)
-        if self.runner.running or not was_interrupted(file.parent):
+        self.form.set_params(params)
+        running = self.jobs.running or self._pending is not None
+        if running or not relion.was_interrupted(file.parent):
             self._set_output_auto()
         else:
             self._select_job(file.parent)
@@ -348,32 +293,42 @@ class ReconstructParticleWidget(QWidget):
         self._info(f"loaded {file}" + ("; " + "; ".join(notes) if notes else ""))
         return True
 
-    def use_optimisation_set(self, path) -> None:
+    def use_optimisation_set(self, path: str | os.PathLike[str]) -> None:
         """Use an optimisation set (e.g. Extract/job010/optimisation_set.star) as input."""
         path = Path(path).resolve()
-        project = project_for(path)
-        self.set_values(
-            {
-                "project_dir": str(project),
-                "in_optimisation": relative_to(path, project),
-                "use_direct_entries": False,
-                "in_particles": "",
-                "in_tomograms": "",
-                "in_trajectories": "",
-            }
-        )
+        project = relion.project_for(path)
+        for name, value in (
+            ("project_dir", str(project)),
+            ("optimisation_set", relative_to(path, project)),
+            ("use_direct_entries", False), ("particles", ""), ("tomograms", ""),
+            ("trajectories", ""),
+        ):  # fmt: skip
+            self.form.set_value(name, value)
         self._set_output_auto()
-        self._refresh()
 
-    def save_job_star(self, path=None) -> Path | None:
+    def save_job_star(self, path: str | os.PathLike[str] | None = None) -> Path | None:
         """Write job.star (default: into the job folder)."""
         try:
             target = Path(path) if path is not None else self.job_dir()
-            job = jobstar.JobStar(options=jobstar.job_star_values(self.values()))
-            return jobstar.write_job_star(target, job)
+            return relion.write_job(target, self.params())
         except (OSError, InputError) as e:
             self._error(f"cannot write job.star: {e}")
             return None
+
+    def open_job_maps(self, job_dir: str | os.PathLike[str]) -> None:
+        """Show the maps of a finished job (read off the GUI thread)."""
+        job_dir = Path(job_dir)
+        files = {t: job_dir / f"{t}.mrc" for t in SHOWN_MAPS if (job_dir / f"{t}.mrc").is_file()}
+        if not files:
+            return
+
+        def work(cancel: threading.Event) -> Outcome:
+            maps = [m for t, p in files.items() if (m := read_map_data(p, t)) is not None]
+            return Outcome("ok", maps=maps, result=ev.Result(output_dir=job_dir))
+
+        runner = TaskRunner(self)
+        runner.finished.connect(lambda out: self._show_maps(out.maps, job_dir))
+        runner.submit(work)
 
     def _load_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -391,25 +346,77 @@ class ReconstructParticleWidget(QWidget):
             if saved:
                 self._info(f"wrote {saved}")
 
-    def _on_layer_inserted(self, event) -> None:
-        """The sample data set says where it is: use it as input."""
-        meta = getattr(event.value, "metadata", {}) or {}
-        ds = meta.get("subtomo_recon_dataset")
-        if not ds or self.runner.running:
+    # ------------------------------------------------------------------ kernel warm-up
+    def start_warmup(self) -> None:
+        """Compile (or load) the kernels in a child process, in the background (once per
+        napari session)."""
+        if _KERNELS["ready"]:
+            self.kernels_ready = True
             return
-        root = Path(ds["root"])
-        self.set_values(
-            {
-                "project_dir": str(root),
-                "in_optimisation": relative_to(ds["optimisation_set"], root),
-                "use_direct_entries": False,
-                "box_size": ds.get("box_size", 48),
-                "binning": ds.get("binning", 2.0),
-                "sym_name": ds.get("sym_name", "C1"),
-            }
-        )
+        child = Child(program_tokens("napari_subtomo_recon.warmup"), os.getcwd())
+        self.status.setText("Preparing the reconstruction kernels…")
+        self.warmup.submit(child_work, child)
+
+    def _on_warmup_progress(self, update: Update) -> None:
+        e = update.event
+        if isinstance(e, ev.Progress) and not self.jobs.running:
+            text = e.message[:1].upper() + e.message[1:]
+            if self._pending is not None:
+                text = f"Run waits for the kernels: {e.message}"
+            self.status.setText(text + "…")
+
+    def _on_warmup_finished(self, outcome: Outcome) -> None:
+        self.kernels_ready = _KERNELS["ready"] = outcome.status == "ok"
+        if outcome.status == "error":  # the job compiles what it needs itself
+            self._warn(f"kernel warm-up failed ({outcome.message}); jobs compile on first use")
+        if self._pending is not None:
+            child, self._pending = self._pending, None
+            self.jobs.submit(child_work, child)
+        elif not self.jobs.running:
+            self.status.setText("Ready" if self.kernels_ready else self.status.text())
+
+    # ------------------------------------------------------------------ sample data
+    def _on_layer_inserted(self, event: Any) -> None:
+        """The sample data set announces itself with an empty ground-truth layer: write
+        it (in a child process) and use it as input."""
+        meta = getattr(event.value, "metadata", {}) or {}
+        sample = meta.get("subtomo_recon_sample")
+        if not sample or sample.get("written"):
+            return
+        root = Path(sample["root"])
+        self.status.setText(f"Writing the sample data set to {root}…")
+        argv = [*program_tokens("napari_subtomo_recon._sample_data"), str(root)]
+        self._sample_layer = event.value
+        self.samples.submit(child_work, Child(argv, str(root)))
+
+    def _on_sample_progress(self, update: Update) -> None:
+        if isinstance(update.event, ev.Progress) and not self.jobs.running:
+            self.status.setText(update.event.message + "…")
+
+    def _on_sample_written(self, outcome: Outcome) -> None:
+        if outcome.status != "ok" or outcome.result is None:
+            self._error(f"sample data: {outcome.message}")
+            return
+        files = outcome.result.files
+        layer = getattr(self, "_sample_layer", None)
+        truth = read_map_data(files["ground_truth"], "truth")
+        if layer is not None and truth is not None and layer in self.viewer.layers:
+            layer.metadata["subtomo_recon_sample"]["written"] = True
+            show_map(self.viewer, layer.name, truth.data, truth.voxel_size, truth.levels)
+            if self.viewer.dims.ndisplay != 3:
+                self.viewer.dims.ndisplay = 3
+                self.viewer.reset_view()
+        root = outcome.result.output_dir
+        from .._sample_data import SAMPLE_PARAMS
+
+        p = self.params() if self.form.problem() is None else ReconstructParams.for_gui()
+        self.form.set_params(p.replace(
+            project_dir=str(root), optimisation_set=relative_to(files["optimisation_set"], root),
+            use_direct_entries=False, **SAMPLE_PARAMS,
+        ))  # fmt: skip
         self._set_output_auto()
-        self._refresh()
+        if not self.jobs.running:
+            self.status.setText(f"Sample data set in {root}: ready to run")
 
     # ------------------------------------------------------------------ running
     def run(self) -> bool:
@@ -417,40 +424,32 @@ class ReconstructParticleWidget(QWidget):
         return self._start(is_continue=False)
 
     def continue_job(self) -> bool:
-        """RELION's Continue!: the job again in its own folder, with --only_do_unfinished.
-
-        It resumes from the per-tomogram checkpoints in ``<job>/temp/``; job.star gets
-        ``rlnJobIsContinue 1`` and note.txt the command.
-        """
+        """RELION's Continue!: the job again in its own folder, with --only_do_unfinished."""
         return self._start(is_continue=True)
 
     def _start(self, is_continue: bool) -> bool:
-        if self.runner.running:
+        if self.jobs.running or self._pending is not None:
             self._error("a job is running: cancel it first")
             return False
-        values = self.values()
-        project = self.project()
-        out_rel = str(values["output_dir"]).strip()
-        job_dir = project / out_rel
-        if is_continue and not can_continue(job_dir):
-            why = "has finished maps" if job_dir.is_dir() else "does not exist"
-            self._error(f"Continue: the job folder {out_rel} {why}; nothing to continue")
+        msg = self.form.problem()
+        if msg:
+            self._error(msg)
             return False
-        msg = jobstar.check_values(values, project, is_continue)
+        p = self.params()
+        project, job_dir = self.project(), self.job_dir()
+        if is_continue and not relion.can_continue(job_dir):
+            why = "has finished maps" if job_dir.is_dir() else "does not exist"
+            self._error(f"Continue: the job folder {p.output_dir} {why}; nothing to continue")
+            return False
+        msg = relion.check(p, is_continue)
         if msg:
             self._error(msg)
             return False
         try:
-            params, cmd = jobstar.params_from_values(values, is_continue)
-            job_dir.mkdir(parents=True, exist_ok=True)
-            options = jobstar.job_star_values(values)
-            jobstar.write_job_star(
-                job_dir, jobstar.JobStar(is_continue=is_continue, options=options)
-            )
-            jobstar.clear_status(job_dir)
+            cmd = relion.build_command(p, is_continue)
+            relion.start(job_dir, p, is_continue, [str(cmd)])
             if cmd.queue:
-                return self._submit_queue(values, cmd, project, job_dir)
-            jobstar.append_note(job_dir, [str(cmd)])
+                script, argv = relion.write_submission_script(p, cmd)
         except (OSError, InputError) as e:
             self._error(f"cannot start the job: {e}")
             return False
@@ -459,195 +458,165 @@ class ReconstructParticleWidget(QWidget):
         self._running_job = job_dir
         self._show_running_command(cmd, is_continue)
         self._start_progress(job_dir, "continuing…" if is_continue else "starting…")
-        if cmd.nr_mpi > 1 or self.use_subprocess:
-            self.runner.submit(run_subprocess, subprocess_argv(cmd), str(project), str(job_dir))
+        if cmd.queue:
+            self.status.setText(f"{job_dir.name}: submitting to the queue…")
+            self.jobs.submit(submit_work, argv, str(project))
+            return True
+        env = {ev.PREVIEW_ENV: str(PREVIEW_SECONDS)} if self.live_preview.isChecked() else {}
+        child = Child(job_argv(cmd), str(project), env=env, log_dir=job_dir, status_dir=job_dir)
+        if self.warmup.running:
+            self._pending = child
+            self.status.setText(f"{job_dir.name}: waits for the kernels to be ready…")
+            self._update_buttons()
         else:
-            self.runner.submit(
-                run_in_process, params, str(project), str(cmd), self.preview_interval
-            )
+            self.jobs.submit(child_work, child)
         return True
 
-    def _submit_queue(self, values, cmd, project: Path, job_dir: Path) -> bool:
-        template = project / str(values["qsubscript"])
-        script_rel = str(values["output_dir"]).rstrip("/") + "/run_submit.script"
-        text = jobstar.submission_script(
-            template.read_text(), [str(cmd)], values, str(values["output_dir"])
-        )
-        script = project / script_rel
-        script.write_text(text)
-        script.chmod(0o755)
-        jobstar.append_note(job_dir, [str(cmd)])
-        argv = [*shlex.split(str(values["qsub"])), script_rel]
-        self._running_job = job_dir
-        self._show_running_command(cmd, "--only_do_unfinished" in cmd.args)
-        self._start_progress(job_dir, busy="submitting to the queue…")
-        self.runner.submit(submit_to_queue, argv, str(project), str(job_dir))
-        return True
-
-    def _show_running_command(self, cmd, is_continue: bool) -> None:
-        self._running_command = str(cmd)
+    def _show_running_command(self, cmd: relion.JobCommand, is_continue: bool) -> None:
         self.command_label.setText("Continuing with:" if is_continue else "Running:")
-        self.command_view.setPlainText(self._running_command)
+        self.command_view.setPlainText(str(cmd))
         self.message.setText("")
 
     def cancel(self) -> None:
-        if self.runner.running:
-            self.runner.cancel()
+        if self._pending is not None:
+            self._pending = None
+            job = self._running_job
+            if job is not None:
+                relion.mark_status(job, "aborted")
+            self._on_finished(Outcome("cancelled", "cancelled before it started"))
+            return
+        if self.jobs.running:
+            self.jobs.cancel()
             self.status.setText("Cancelling…")
             self.cancel_button.setEnabled(False)
 
-    def _start_progress(self, job_dir: Path, busy: str = "starting…") -> None:
+    def _start_progress(self, job_dir: Path, text: str) -> None:
         self.run_button.setEnabled(False)
         self.continue_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        # no busy (indeterminate) bars: their animation makes Qt recomposite the window,
-        # and with software OpenGL that steals the CPU from the job
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
-        self.status.setText(f"{job_dir.name}: {busy}")
+        self.status.setText(f"{job_dir.name}: {text}")
         self.message.setText("")
-        if getattr(self.viewer, "window", None) is None:
-            return  # napari's progress bars live in the window's activity dock
-        try:
-            from napari.utils import progress
 
-            self._pbar = progress(total=1, desc=f"Reconstruct particle {job_dir.name}")
-        except Exception:  # the GUI progress bar is a nicety
-            self._pbar = None
-
-    def _close_progress(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self._running_command = None
-        self.command_label.setText("Command:")
-        self._update_buttons()
-
-    def _on_progress(self, update) -> None:
-        try:
-            p = update.progress
-            if p.total > 0:
-                self.progress_bar.setRange(0, p.total)
-                self.progress_bar.setValue(min(p.done, p.total))
-            if p.stage == "backprojecting":
-                text = (
-                    f"Tomogram {p.tomogram_index}/{p.tomogram_count} ({p.tomogram}): "
-                    f"{p.done}/{p.total} particle-tilts"
-                )
-            elif p.stage == "reading":
-                text = f"Reading the inputs: {p.message}…" if p.message else "Reading the inputs…"
-            else:
-                text = p.message or p.stage
-            self.status.setText(text)
-            if self._pbar is not None:
-                if p.total and self._pbar.total != p.total:
-                    self._pbar.total = p.total
-                if p.done > self._pbar.n:
-                    self._pbar.update(p.done - self._pbar.n)
-                self._pbar.set_description(f"{self._running_job.name}: {p.stage}")
-            if p.preview is not None:
-                self._show_map("merged", p.preview, p.voxel_size, True, update.levels)
-        except Exception as e:  # a display hiccup must never stop the job
-            self.status.setText(f"display error: {e}")
+    def _on_progress(self, update: Update) -> None:
+        e = update.event
+        if isinstance(e, ev.Preview) and update.map is not None:
+            if self.live_preview.isChecked():
+                self._show_map("merged", update.map)
+            return
+        if not isinstance(e, ev.Progress):
+            return
+        if e.total > 0:
+            self.progress_bar.setRange(0, e.total)
+            self.progress_bar.setValue(min(e.done, e.total))
+        if e.stage == ev.Stage.BACKPROJECTING:
+            text = (
+                f"Tomogram {e.tomogram_index}/{e.tomogram_count} ({e.tomogram}): "
+                f"{e.done}/{e.total} particle-tilts"
+            )
+        elif e.stage in (ev.Stage.READING, ev.Stage.CHECKING):
+            text = f"Reading the inputs: {e.message}…" if e.message else "Reading the inputs…"
+        else:
+            text = e.message or e.stage.value
+        self.status.setText(text)
 
     def _on_finished(self, outcome: Outcome) -> None:
         self.last_outcome = outcome
-        self._close_progress()
         job = self._running_job
+        self._running_job = None
+        self.command_label.setText("Command:")
         finished = outcome.status in ("ok", "submitted")
         try:
             if outcome.status == "ok":
-                self._show_results(outcome)
+                self._show_results(outcome, job)
             elif outcome.status == "submitted":
                 self.status.setText(outcome.message)
                 self._info(outcome.message)
             elif outcome.status == "cancelled":
-                self._remove_maps(job)
-                self.progress_bar.setRange(0, 1)
-                self.progress_bar.setValue(0)
-                text = f"{job.name if job else 'job'}: {outcome.message}"
-                if job is not None and can_continue(job):
-                    text += "; Continue! resumes it"
-                self.status.setText(text)
-                self._info(f"Reconstruct particle {outcome.message}")
+                self._cancelled(outcome, job)
             else:
-                self._remove_maps(job)
-                text = f"Failed: {outcome.message}"
-                if job is not None and has_checkpoints(job):
-                    text += " (Continue! resumes from the last finished tomogram)"
-                self.status.setText(text)
-                self._error(outcome.message)
-        except Exception as e:
-            self._error(f"cannot show the results: {e}")
+                self._failed(outcome, job)
         finally:
-            self._running_job = None
             if finished or job is None:
                 self._set_output_auto()  # the next run is a new job, as in RELION
             else:  # the interrupted job stays selected, for Continue!
                 self._select_job(job)
             self._refresh()
 
+    def _cancelled(self, outcome: Outcome, job: Path | None) -> None:
+        if job is not None:
+            remove_layers(self.viewer, [self.layer_name("merged", job)])
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        text = f"{job.name if job else 'job'}: {outcome.message}"
+        if job is not None and relion.can_continue(job):
+            text += "; Continue! resumes it"
+        self.status.setText(text)
+        self._info(f"Reconstruct particle {outcome.message}")
+
+    def _failed(self, outcome: Outcome, job: Path | None) -> None:
+        if job is not None:
+            remove_layers(self.viewer, [self.layer_name("merged", job)])
+        text = f"Failed: {outcome.message}"
+        if job is not None and relion.has_checkpoints(job):
+            text += " (Continue! resumes from the last finished tomogram)"
+        self.status.setText(text)
+        self._error(outcome.message)
+
     # ------------------------------------------------------------------ results
     def layer_name(self, tag: str, job_dir: Path | None = None) -> str:
         job_dir = job_dir or self._running_job
         return f"{job_dir.name} {tag}" if job_dir else tag
 
-    def _show_map(self, tag, data, voxel_size, visible: bool, levels=None, job_dir=None):
-        name = self.layer_name(tag, job_dir)
-        kw = map_layer_kwargs(data, voxel_size or 1.0, name, iso=True, levels=levels)
-        layers = self.viewer.layers
-        if name in layers:
-            layer = layers[name]
-            layer.data = data
-            if voxel_size:
-                layer.scale = kw["scale"]
-            layer.contrast_limits = kw["contrast_limits"]
-            layer.iso_threshold = kw["iso_threshold"]
-            layer.visible = visible
-        else:
-            kw["visible"] = visible
-            layer = self.viewer.add_image(data, **kw)
-            if tag == "merged":
-                self.viewer.dims.ndisplay = 3
-                self.viewer.reset_view()
+    def _show_map(self, tag: str, m: MapData, job_dir: Path | None = None,
+                  visible: bool = True) -> Any:  # fmt: skip
         job = job_dir or self._running_job
-        layer.metadata["subtomo_recon"] = {"job": str(job), "map": tag}
-        return layer
+        meta = {"subtomo_recon": {"job": str(job), "map": tag}}
+        return show_map(self.viewer, self.layer_name(tag, job), m.data, m.voxel_size, m.levels,
+                        visible=visible, metadata=meta)  # fmt: skip
 
-    def _remove_maps(self, job_dir: Path | None) -> None:
-        for tag in MAP_TAGS:
-            name = self.layer_name(tag, job_dir)
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
+    def _show_maps(self, maps: list[MapData], job: Path, then: Any = None) -> None:
+        """Add the maps one per turn of the event loop; merged last, on top, selected."""
+        ordered = sorted(maps, key=lambda m: m.tag == "merged")
 
-    def _show_results(self, out: Outcome) -> None:
-        job = out.job_dir
-        shown = {}
-        for tag in ("half2", "half1", "merged"):
-            if tag in out.maps:
-                data, vs = out.maps[tag]
-                levels = out.levels.get(tag)
-                shown[tag] = self._show_map(tag, data, vs, tag == "merged", levels, job)
-        if "merged" in shown:  # the live preview was added first: put merged back on top
+        def step(m: MapData) -> Any:
+            return lambda: self._show_map(m.tag, m, job, visible=m.tag == "merged")
+
+        def finish() -> None:
+            name = self.layer_name("merged", job)
             layers = self.viewer.layers
-            layers.move(layers.index(shown["merged"]), len(layers))
-            layers.selection.active = shown["merged"]
-        self.viewer.dims.ndisplay = 3
+            if name in layers:
+                layers.move(layers.index(name), len(layers))
+                layers.selection.active = layers[name]
+            if then is not None:
+                then()
+
+        one_per_turn([step(m) for m in ordered], finish)
+
+    def _show_results(self, out: Outcome, job: Path | None) -> None:
+        r = out.result
+        assert r is not None and job is not None
         self.fsc_plot.set_curve(
-            out.fsc, out.voxel_size, out.resolution_0143, out.resolution_05,
+            r.fsc, r.voxel_size, r.resolution_0143, r.resolution_05,
             title=f"{job.name}: half-map FSC (unmasked)",
         )  # fmt: skip
-        self._show_fsc_dock()
-        text = f"{job.name} finished in {out.elapsed:.1f} s"
-        if out.resolution_0143:
-            r1, r2 = out.resolution_0143, out.resolution_05
-            text += f"; FSC 0.143: {r1:.2f} \u00c5, 0.5: {r2:.2f} \u00c5"
+        text = f"{job.name} finished in {r.elapsed:.1f} s"
+        if r.resolution_0143:
+            text += (
+                f"; FSC 0.143: {r.resolution_0143:.2f} \u00c5, 0.5: {r.resolution_05:.2f} \u00c5"
+            )
         self.status.setText(text)
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1)
-        self._info(text)
-        for w in out.warnings:
-            self._warn(w)
+
+        def done() -> None:
+            self._show_fsc_dock()
+            self._info(text)
+            for w in out.warnings:
+                self._warn(w)
+
+        self._show_maps(out.maps, job, done)
 
     def _show_fsc_dock(self) -> None:
         window = getattr(self.viewer, "window", None)
@@ -689,12 +658,14 @@ class ReconstructParticleWidget(QWidget):
 
     # ------------------------------------------------------------------ lifetime
     def _shutdown(self) -> None:
-        if self.runner.running:
-            self.runner.cancel()
-            self.runner.wait(5.0)  # lets the worker terminate an mpirun process group
+        for runner in (self.jobs, self.warmup, self.samples):
+            if runner.running:
+                runner.cancel()
+                runner.wait(5.0)  # lets the worker terminate an mpirun process group
 
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
-        self.runner.cancel()
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+        for runner in (self.jobs, self.warmup, self.samples):
+            runner.cancel()
         super().closeEvent(event)
 
 

@@ -3,39 +3,53 @@
 - :mod:`.runner`: :func:`run` / :class:`Job`, load → plan → backproject → finalise → write;
 - :mod:`.inputs`, :mod:`.plan`, :mod:`.finalise`, :mod:`.outputs`: the stages' work;
 - :mod:`.collaborators`: MPI agreement and reduction, checkpoints, live previews;
-- :mod:`.relion`: job.star, the command RELION's GUI builds, note.txt, status files.
+- :mod:`.relion`: job.star, the command RELION's GUI builds, note.txt, status files;
+- :mod:`.launch`: running a program that reports through events in a child process.
 
 The parameters are :class:`~napari_subtomo_recon.params.ReconstructParams`; the events
-:mod:`napari_subtomo_recon.events`.
+:mod:`napari_subtomo_recon.events`.  The names below are imported on first use (PEP 562):
+the napari widget imports :mod:`.relion` and :mod:`.launch` without the numerics.
 """
 
-from ..events import Progress, Result
-from ..params import ReconstructParams
-from .finalise import MAP_TAGS, finalise, finalise_steps
-from .inputs import Inputs, load_inputs
-from .outputs import write_outputs
-from .plan import TomoPlan, fit_memory, memory_estimate, plan_work, settings_of, split_plans
-from .runner import Job, check_tilt_images, fingerprint, run, run_to_completion
+from __future__ import annotations
 
-__all__ = [
-    "MAP_TAGS",
-    "Inputs",
-    "Job",
-    "Progress",
-    "ReconstructParams",
-    "Result",
-    "TomoPlan",
-    "check_tilt_images",
-    "finalise",
-    "finalise_steps",
-    "fingerprint",
-    "fit_memory",
-    "load_inputs",
-    "memory_estimate",
-    "plan_work",
-    "run",
-    "run_to_completion",
-    "settings_of",
-    "split_plans",
-    "write_outputs",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "MAP_TAGS": "finalise",
+    "finalise": "finalise",
+    "finalise_steps": "finalise",
+    "Inputs": "inputs",
+    "load_inputs": "inputs",
+    "write_outputs": "outputs",
+    "TomoPlan": "plan",
+    "fit_memory": "plan",
+    "memory_estimate": "plan",
+    "plan_work": "plan",
+    "settings_of": "plan",
+    "split_plans": "plan",
+    "Job": "runner",
+    "check_tilt_images": "runner",
+    "fingerprint": "runner",
+    "run": "runner",
+    "run_to_completion": "runner",
+}
+
+__all__ = sorted([*_WHERE, "Progress", "Result", "ReconstructParams"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Progress", "Result"):
+        from .. import events
+
+        return getattr(events, name)
+    if name == "ReconstructParams":
+        from ..params import ReconstructParams
+
+        return ReconstructParams
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -101,6 +101,7 @@ class NoCheckpoints:
     def save(self, finished: list[str], data: np.ndarray, weight: np.ndarray) -> None:
         pass
 
+
 class Checkpoints:
     """Per-tomogram checkpoints in ``<o>/temp`` (see :mod:`..io.checkpoint`)."""
 

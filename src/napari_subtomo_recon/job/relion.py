@@ -30,7 +30,14 @@ from typing import Any
 
 from ..errors import InputError
 from ..io.jobstar import JOB_TYPE_LABEL, JobStar, read_job_star, write_job_star
-from ..params import FIELDS, ReconstructParams, check_value, format_value, parse_text, spec_of
+from ..params import (
+    ReconstructParams,
+    check_value,
+    field_map,
+    format_value,
+    parse_text,
+    spec_of,
+)
 
 JOB_DIRNAME = "Reconstruct"
 PROGRAM = "subtomo-recon"
@@ -51,16 +58,16 @@ __all__ = [
     "write_job",
 ]
 
-_BY_JOB_OPTION = {
-    spec_of(f).job_option: f for f in FIELDS.values() if spec_of(f).job_option is not None
-}
+
+def _by_job_option(cls: type[Any]) -> dict[str, dataclasses.Field[Any]]:
+    return {s.job_option: f for f in dataclasses.fields(cls) if (s := spec_of(f)).job_option}
 
 
-def _folded() -> list[dataclasses.Field[Any]]:
+def _folded(cls: type[Any]) -> list[dataclasses.Field[Any]]:
     """Form fields with a flag but no RELION job option: they travel in other_args."""
     return [
         f
-        for f in FIELDS.values()
+        for f in dataclasses.fields(cls)
         if spec_of(f).flag and spec_of(f).job_option is None and spec_of(f).tab is not None
         and f.name != "output_dir"
     ]  # fmt: skip
@@ -85,7 +92,7 @@ def _changed(params: ReconstructParams, f: dataclasses.Field[Any]) -> bool:
 def folded_args(params: ReconstructParams) -> list[str]:
     """Our options that differ from their defaults, as flags (for other_args)."""
     out: list[str] = []
-    for f in _folded():
+    for f in _folded(type(params)):
         if _changed(params, f):
             out += _flag_tokens(f, getattr(params, f.name))
     return out
@@ -94,7 +101,7 @@ def folded_args(params: ReconstructParams) -> list[str]:
 def job_star_options(params: ReconstructParams) -> dict[str, str]:
     """The RELION job options as job.star strings, alphabetical (RELION's std::map)."""
     out: dict[str, str] = {}
-    for key, f in _BY_JOB_OPTION.items():
+    for key, f in _by_job_option(type(params)).items():
         out[key] = format_value(getattr(params, f.name))
     out.update(params.qsub_extras)
     other = shlex.join(folded_args(params))
@@ -105,12 +112,16 @@ def job_star_options(params: ReconstructParams) -> dict[str, str]:
 
 
 def params_from_job_star(
-    job: JobStar, source: str = "job.star", env: Mapping[str, str] | None = None
-) -> tuple[ReconstructParams, list[str]]:
+    job: JobStar,
+    source: str = "job.star",
+    env: Mapping[str, str] | None = None,
+    cls: type[Any] = ReconstructParams,
+) -> tuple[Any, list[str]]:
     """Parameters from job.star strings (RELION GUI defaults for what is missing), and
     notes on what was ignored.  A value outside its domain is an InputError naming the
     file, the option and the text."""
-    params = ReconstructParams.for_gui(env)
+    params = cls.for_gui(env)
+    by_option = _by_job_option(cls)
     values: dict[str, Any] = {}
     extras = dict(params.qsub_extras)
     notes: list[str] = []
@@ -118,7 +129,7 @@ def params_from_job_star(
         if re.fullmatch(r"qsub_extra\d+", key):
             extras[key] = text
             continue
-        f = _BY_JOB_OPTION.get(key)
+        f = by_option.get(key)
         if f is None:
             notes.append(f"{source}: ignoring unknown job option '{key}'")
             continue
@@ -126,10 +137,9 @@ def params_from_job_star(
             value = parse_text(f, text)
         except ValueError as e:
             raise InputError(f"{source}: {key} '{text}': expected {e}") from None
-        try:
-            check_value(f.name, value, text)
-        except InputError as e:
-            raise InputError(f"{source}: {key} {e.args[0].split(' ', 1)[1]}") from None
+        problem = spec_of(f).domain.problem(value)
+        if problem:
+            raise InputError(f"{source}: {key} '{text}': {problem}")
         values[f.name] = value
     params = params.replace(**values, qsub_extras=extras)
     return lift_folded(params), notes
@@ -142,7 +152,7 @@ def lift_folded(params: ReconstructParams) -> ReconstructParams:
         tokens = shlex.split(params.other_args)
     except ValueError:
         return params
-    by_flag = {spec_of(f).flag: f for f in _folded()}
+    by_flag = {spec_of(f).flag: f for f in _folded(type(params))}
     values: dict[str, Any] = {}
     rest: list[str] = []
     k = 0
@@ -159,7 +169,7 @@ def lift_folded(params: ReconstructParams) -> ReconstructParams:
         if k + 1 < len(tokens):
             try:
                 value = parse_text(f, tokens[k + 1])
-                check_value(f.name, value, tokens[k + 1])
+                check_value(f.name, value, tokens[k + 1], type(params))
             except (ValueError, InputError):
                 pass
             else:
@@ -171,7 +181,9 @@ def lift_folded(params: ReconstructParams) -> ReconstructParams:
     return params.replace(**values, other_args=shlex.join(rest))
 
 
-def read_job(path: str | os.PathLike[str]) -> tuple[ReconstructParams, JobStar, list[str]]:
+def read_job(
+    path: str | os.PathLike[str], cls: type[Any] = ReconstructParams
+) -> tuple[Any, JobStar, list[str]]:
     """A Reconstruct particle job.star (or its folder): parameters, the file, notes.
 
     The project folder is the one the job folder belongs to (``<project>/<Type>/jobNNN``).
@@ -179,7 +191,7 @@ def read_job(path: str | os.PathLike[str]) -> tuple[ReconstructParams, JobStar, 
     job = read_job_star(path)
     file = Path(path)
     file = file / "job.star" if file.is_dir() else file
-    params, notes = params_from_job_star(job, str(file))
+    params, notes = params_from_job_star(job, str(file), cls=cls)
     return params.replace(project_dir=str(project_for(file))), job, notes
 
 
@@ -294,7 +306,7 @@ def run_params(p: ReconstructParams, is_continue: bool = False) -> ReconstructPa
     :func:`command_args` (the GUI's switches applied, the additional arguments parsed)."""
     from ..cli import parse_args
 
-    return parse_args(command_args(p, is_continue))[0]
+    return parse_args(command_args(p, is_continue), type(p))[0]
 
 
 def check(
@@ -318,7 +330,7 @@ def check(
     for name in names:
         rel = str(getattr(p, name) or "")
         if rel and not (project / rel).is_file():
-            label = spec_of(FIELDS[name]).label.rstrip(":")
+            label = spec_of(field_map(type(p))[name]).label.rstrip(":")
             return f"{label} {rel}: file not found (paths are relative to {project.resolve()})"
     if not p.output_dir.strip():
         return "no output job folder (I/O tab)"
@@ -504,4 +516,3 @@ def write_submission_script(p: ReconstructParams, cmd: JobCommand) -> tuple[Path
     script.write_text(submission_script(template, [str(cmd)], p, p.output_dir))
     script.chmod(0o755)
     return script, [*shlex.split(p.qsub), script_rel]
-

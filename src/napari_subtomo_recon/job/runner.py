@@ -193,9 +193,7 @@ class Job:
     def write(self, inp: Inputs, plan: Plan, maps: dict[str, Any]) -> Events[dict[str, Path]]:
         yield self._progress(ev.Stage.WRITING, plan, message=f"writing maps to {self.out_dir}")
         self.faults("write")
-        files = write_outputs(
-            maps, self.params, inp, self.out_dir, plan.voxel_size, self.command
-        )
+        files = write_outputs(maps, self.params, inp, self.out_dir, plan.voxel_size, self.command)
         if self.preview is not None:
             self.preview.remove()
         clear_checkpoints(self.out_dir / "temp")

@@ -1,0 +1,85 @@
+"""Maps as napari layers: placed in Å around the particle centre, the user's view kept.
+
+A layer that is updated (the live preview, a re-run) keeps the user's iso threshold,
+contrast and colormap: the automatic threshold is only applied while the user has not
+changed it.  A new visible map switches the view to 3D (and fits it); updates leave the
+camera alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QTimer
+
+from ..display import map_layer_kwargs
+
+_AUTO = "subtomo_recon_auto"  # metadata: the display levels last set automatically
+
+
+def show_map(
+    viewer: Any,
+    name: str,
+    data: np.ndarray,
+    voxel_size: float,
+    levels: tuple[float, float, float] | None,
+    *,
+    visible: bool = True,
+    metadata: dict[str, Any] | None = None,
+) -> Any:
+    """Add the map as an isosurface layer, or update the layer of that name."""
+    kw = map_layer_kwargs(data, voxel_size, name, iso=True, levels=levels)
+    auto = (kw["iso_threshold"], *kw["contrast_limits"])
+    layers = viewer.layers
+    if name in layers:
+        layer = layers[name]
+        previous = layer.metadata.get(_AUTO)
+        user_iso = previous is not None and layer.iso_threshold != previous[0]
+        user_contrast = previous is not None and tuple(layer.contrast_limits) != tuple(previous[1:])
+        layer.data = data
+        if tuple(layer.scale) != tuple(kw["scale"]):
+            layer.scale = kw["scale"]
+        if tuple(layer.translate) != tuple(kw["translate"]):
+            layer.translate = kw["translate"]
+        if not user_contrast:
+            layer.contrast_limits = kw["contrast_limits"]
+        if not user_iso:
+            layer.iso_threshold = kw["iso_threshold"]
+        # what was last set automatically: the user's own values never count as such
+        assert previous is not None or not (user_iso or user_contrast)
+        iso = previous[0] if user_iso and previous is not None else auto[0]
+        limits = tuple(previous[1:]) if user_contrast and previous is not None else auto[1:]
+        layer.metadata[_AUTO] = (iso, *limits)
+    else:
+        kw["visible"] = visible
+        layer = viewer.add_image(data, **kw)
+        layer.metadata[_AUTO] = auto
+        if visible and viewer.dims.ndisplay != 3:  # a new map is looked at in 3D
+            viewer.dims.ndisplay = 3
+            viewer.reset_view()
+    if metadata:
+        layer.metadata.update(metadata)
+    return layer
+
+
+def remove_layers(viewer: Any, names: Sequence[str]) -> None:
+    for name in names:
+        if name in viewer.layers:
+            viewer.layers.remove(name)
+
+
+def one_per_turn(steps: Sequence[Callable[[], Any]], done: Callable[[], Any] | None = None) -> None:
+    """Run ``steps`` one per turn of the event loop (each layer's texture upload and
+    first draw is its own turn, so napari keeps answering between them)."""
+    pending = list(steps)
+
+    def next_step() -> None:
+        if pending:
+            pending.pop(0)()
+            QTimer.singleShot(0, next_step)
+        elif done is not None:
+            done()
+
+    QTimer.singleShot(0, next_step)
