@@ -24,26 +24,26 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 TUTORIAL = {  # RELION 5 tomography tutorial, Reconstruct particle
-    "in_optimisation": "Extract/job010/optimisation_set.star",
-    "binning": 6,
+    "optimisation_set": "Extract/job010/optimisation_set.star",
+    "binning": 6.0,
     "box_size": 192,
     "crop_size": 96,
-    "snr": 0,
-    "sym_name": "C6",
+    "snr": 0.0,
+    "symmetry": "C6",
     "nr_mpi": 5,
-    "nr_threads": 12,
-    "mem": 50,
+    "threads": 12,
+    "memory_gb": 50.0,
 }
 SAMPLE = {  # the simulated data set: 2 A pixels, a 48-voxel phantom at bin 2
-    "in_optimisation": "Extract/job010/optimisation_set.star",
-    "binning": 2,
+    "optimisation_set": "Extract/job010/optimisation_set.star",
+    "binning": 2.0,
     "box_size": 48,
     "crop_size": 40,
-    "snr": 0,
-    "sym_name": "C6",
+    "snr": 0.0,
+    "symmetry": "C6",
     "nr_mpi": 1,
-    "nr_threads": 2,
-    "mem": -1,
+    "threads": 2,
+    "memory_gb": -1.0,
 }
 
 
@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
+    import napari_subtomo_recon._qt.job_widget as jw
+    from napari_subtomo_recon import events as ev
     from napari_subtomo_recon.simulate import simulate
 
     out = args.out.resolve()
@@ -102,36 +104,39 @@ def main(argv=None) -> int:
     app = QApplication.instance()
     viewer.window.resize(1500, 1000)
     _, w = viewer.window.add_plugin_dock_widget("napari-subtomo-recon", "Reconstruct particle")
-    w.set_values({"project_dir": str(project), **TUTORIAL})
+    _wait(app, lambda: not w.warmup.running, timeout=600)  # the kernels, once
+    w.set_params(w.params().replace(project_dir=str(project), **TUTORIAL))
     _settle(app)
     for i, name in enumerate(("io", "average", "helix", "running")):
-        w.tabs.setCurrentIndex(i)
+        w.form.tabs.setCurrentIndex(i)
         _settle(app, 0.3)
         w.grab().save(str(out / f"widget_{name}.png"))
         print(f"wrote {out / f'widget_{name}.png'}")
 
     # reconstruct the sample data, capturing the window while the map emerges
-    w.tabs.setCurrentIndex(1)
-    w.set_values(SAMPLE)
-    w.preview_interval = 1.0
+    w.form.tabs.setCurrentIndex(1)
+    w.set_params(w.params().replace(**SAMPLE))
+    w._set_output_auto()
+    jw.PREVIEW_SECONDS = 1.0
     shots = {}
 
     def on_progress(update):
-        p = update.progress
-        if p.preview is not None and "running" not in shots and p.done >= 0.25 * p.total:
+        p = update.event
+        if isinstance(p, ev.Preview) and "running" not in shots and p.done >= 0.25 * p.total:
             _settle(app, 0.3)
             path = str(out / "running.png")
             shots["running"] = viewer.screenshot(path, canvas_only=False, flash=False)
 
-    w.runner.progressed.connect(on_progress)
+    w.jobs.progressed.connect(on_progress)
     if not w.run():
         print(f"cannot run: {w.last_error}", file=sys.stderr)
         return 1
-    _wait(app, lambda: not w.runner.running, timeout=600)
+    _wait(app, lambda: w.last_outcome is not None and not w.jobs.running, timeout=600)
     outcome = w.last_outcome
     if outcome.status != "ok":
         print(f"the job failed: {outcome.message}", file=sys.stderr)
         return 1
+    _settle(app, 2.0)  # the maps arrive one per turn of the event loop
     print(w.status.text())
     if "running" not in shots:
         print("no live preview was captured (the job was too quick?)", file=sys.stderr)

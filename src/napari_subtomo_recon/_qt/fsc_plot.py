@@ -42,9 +42,9 @@ class FscPlot(QWidget):
         return "  ".join(parts)
 
     # -- drawing
-    def _frequencies(self) -> np.ndarray:
-        n = 2 * (self.curve.size - 1)
-        return np.arange(self.curve.size) / (n * self.voxel_size)
+    def _frequencies(self, curve: np.ndarray) -> np.ndarray:
+        n = 2 * (curve.size - 1)
+        return np.arange(curve.size) / (n * self.voxel_size)
 
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
         p = QPainter(self)
@@ -73,7 +73,7 @@ class FscPlot(QWidget):
         if self.curve is None or self.curve.size < 2:
             p.drawText(plot, centre, "no FSC yet: run a job with half sets")
             return
-        freq = self._frequencies()
+        freq = self._frequencies(self.curve)
         fmax = freq[-1]
         y0, y1 = -0.2, 1.05
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,9 +59,9 @@ def write_outputs(
 ) -> dict[str, Path]:  # fmt: skip
     """Write every output under a temporary name, then rename them all into place."""
     from ..io.atomic import temp_name
-    from ..io.mrc import write_map
     from ..io.optimisation_set import OptimisationSet, optimisation_set_blocks
     from ..io.star import write_star
+    from .relion import program_note_text
 
     prepare_output_dir(out_dir)
     files: dict[str, Path] = {}
@@ -81,11 +80,7 @@ def write_outputs(
                 ("full", f"{tag}_full"), ("final", tag),
             ):  # fmt: skip
                 if m[key] is not None:
-                    stage(
-                        name,
-                        out_dir / f"{name}.mrc",
-                        lambda t, a=m[key]: write_map(t, a, voxel_size),
-                    )
+                    stage(name, out_dir / f"{name}.mrc", _map_writer(m[key], voxel_size))
         opt = inp.optimisation_set
         ref = OptimisationSet(
             particles=opt.particles, tomograms=opt.tomograms, trajectories=opt.trajectories
@@ -101,10 +96,7 @@ def write_outputs(
             lambda t: write_star(optimisation_set_blocks(ref), t),
         )  # fmt: skip
         if not params.pipeline_control:  # RELION's pipeliner (or the widget) writes it then
-            text = (
-                f"++++ Executing new job on {time.strftime('%a %b %d %H:%M:%S %Y')}\n"
-                f"++++ with the following command(s):\n{command}\n++++\n"
-            )
+            text = program_note_text(command or "")
             stage("note", out_dir / "note.txt", lambda t: Path(t).write_text(text))
     except BaseException:
         for tmp, _ in staged:
@@ -120,12 +112,18 @@ def write_outputs(
     return files
 
 
-def _block_signals() -> set[signal.Signals] | None:
+def _map_writer(data: np.ndarray, voxel_size: float) -> Callable[[Path], object]:
+    from ..io.mrc import write_map
+
+    return lambda path: write_map(path, data, voxel_size)
+
+
+def _block_signals() -> set[int | signal.Signals] | None:
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
 
 
-def _unblock_signals(old: set[signal.Signals] | None) -> None:
+def _unblock_signals(old: set[int | signal.Signals] | None) -> None:
     if old is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)

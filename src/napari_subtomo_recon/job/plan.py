@@ -32,7 +32,7 @@ def threads_of(params: ReconstructParams) -> int:
     """--j, at most the threads Numba may start."""
     import numba
 
-    return max(1, min(int(params.threads), int(numba.config.NUMBA_NUM_THREADS)))
+    return max(1, min(int(params.threads), int(numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
 
 
 def settings_of(params: ReconstructParams, threads: int | None = None) -> Any:

@@ -82,7 +82,7 @@ def _flag_tokens(f: dataclasses.Field[Any], value: Any) -> list[str]:
 
 
 def _changed(params: ReconstructParams, f: dataclasses.Field[Any]) -> bool:
-    return getattr(params, f.name) != f.default
+    return bool(getattr(params, f.name) != f.default)
 
 
 # --------------------------------------------------------------------------------------
@@ -306,7 +306,8 @@ def run_params(p: ReconstructParams, is_continue: bool = False) -> ReconstructPa
     :func:`command_args` (the GUI's switches applied, the additional arguments parsed)."""
     from ..cli import parse_args
 
-    return parse_args(command_args(p, is_continue), type(p))[0]
+    params: ReconstructParams = parse_args(command_args(p, is_continue), type(p))[0]
+    return params
 
 
 def check(
@@ -401,6 +402,14 @@ def note_text(commands: list[str], when: float | None = None) -> str:
         f"\n ++++ Executing new job on {stamp}\n ++++ with the following command(s): \n"
         + "".join(c + "\n" for c in commands)
         + " ++++ \n"
+    )
+
+
+def program_note_text(command: str) -> str:
+    """What RELION's programs write to ``note.txt`` when no pipeliner runs them."""
+    return (
+        f"++++ Executing new job on {time.strftime('%a %b %d %H:%M:%S %Y')}\n"
+        f"++++ with the following command(s):\n{command}\n++++\n"
     )
 
 
