@@ -58,6 +58,21 @@ def frequency_grid(s: int, pixel_size: float):
     return X, Y
 
 
+def ctf_phase(X, Y, defocus_u: float, defocus_v: float, angle_deg: float, const: CtfConstants):
+    """The CTF's phase γ at frequencies (X, Y) (1/Å, same shape), without Zernike offsets.
+
+    γ = -πλΔf(X, Y) + (π/2)Cs λ³ |k|⁴ - φ - atan(Q0/√(1-Q0²)), in that order of
+    operations (RELION's ``getGamma``), float64 of the shape of X.
+    """
+    axx, axy, ayy = astigmatism_form(defocus_u, defocus_v, angle_deg)
+    u2 = X * X + Y * Y
+    return (
+        const.k1 * (axx * X * X + 2.0 * axy * X * Y + ayy * Y * Y)
+        + const.k2 * u2 * u2
+        - const.phase
+    )
+
+
 def ctf_image(
     s: int,
     pixel_size: float,
@@ -69,17 +84,12 @@ def ctf_image(
 ) -> np.ndarray:
     """CTF = -sin(γ)·exp(-B k²/4)·scale on the (s, s//2+1) grid, as float32.
 
-    γ = -πλΔf + (π/2)Cs λ³ k⁴ - φ - atan(Q0/√(1-Q0²)) (+ even-Zernike offset).
+    γ is :func:`ctf_phase` (+ the even-Zernike offset ``gamma_offset`` (s, s//2+1)).
     Values with |CTF| < 1e-8 become ±1e-8 (0 counts as positive), as in RELION.
     """
     X, Y = frequency_grid(s, pixel_size)
-    axx, axy, ayy = astigmatism_form(defocus_u, defocus_v, angle_deg)
+    gamma = ctf_phase(X, Y, defocus_u, defocus_v, angle_deg, const)
     u2 = X * X + Y * Y
-    gamma = (
-        const.k1 * (axx * X * X + 2.0 * axy * X * Y + ayy * Y * Y)
-        + const.k2 * u2 * u2
-        - const.phase
-    )
     if gamma_offset is not None:
         gamma = gamma + gamma_offset
     ctf = -np.sin(gamma) * np.exp(-const.bfactor / 4.0 * u2) * const.scale
@@ -94,20 +104,15 @@ def tilt_ctf_terms(s: int, pixel_size: float, defocus_u: float, defocus_v: float
 
     Adding Δz to both defoci changes γ by -π·λ·Δz·u², and u² = (x² + ky²)·u2_unit on
     this grid, so per particle only ``beta = const.k1 * Δz`` is needed:
-    γ = gamma0 - beta·(x² + ky²)·u2_unit.  ``gamma0`` enters only through its sine and
-    cosine (the per-particle part is then a rotation, see ``extraction.finish_slices``):
-    returns (sin γ0, cos γ0, u2_unit, envelope) with sin/cos of shape (G, s, sh), one per
-    optics group's even-Zernike offset (G, s, sh) or G = 1 without offsets, and
-    envelope = exp(-B u²/4)·scale.
+    γ = gamma0 - beta·(x² + ky²)·u2_unit.  ``gamma0`` (:func:`ctf_phase`) enters only
+    through its sine and cosine (the per-particle part is then a rotation, see
+    ``extraction.finish_slices``): returns (sin γ0, cos γ0, u2_unit, envelope) with
+    sin/cos of shape (G, s, sh), one per optics group's even-Zernike offset (G, s, sh) or
+    G = 1 without offsets, and envelope = exp(-B u²/4)·scale.
     """
     X, Y = frequency_grid(s, pixel_size)
-    axx, axy, ayy = astigmatism_form(defocus_u, defocus_v, angle_deg)
+    gamma0 = ctf_phase(X, Y, defocus_u, defocus_v, angle_deg, const)[None]
     u2 = X * X + Y * Y
-    gamma0 = (
-        const.k1 * (axx * X * X + 2.0 * axy * X * Y + ayy * Y * Y)
-        + const.k2 * u2 * u2
-        - const.phase
-    )[None]
     if gamma_offset is not None and len(gamma_offset):
         gamma0 = gamma0 + gamma_offset
     envelope = np.exp(-const.bfactor / 4.0 * u2) * const.scale
