@@ -81,7 +81,7 @@ def insertion(box: int, n: int, threads: int, reps: int, batches: list[int]) -> 
 def windows(window: int, cols: int, n: int, reps: int) -> None:
     import scipy.fft as sfft
 
-    from napari_subtomo_recon.core.extraction import extract_windows
+    from napari_subtomo_recon.core.extraction import WindowCentres, extract_windows
 
     rng = np.random.default_rng(0)
     img = rng.standard_normal((4400, 4300)).astype(np.float32)
@@ -96,7 +96,8 @@ def windows(window: int, cols: int, n: int, reps: int) -> None:
                 k = cx[sl].size
                 t0 = time.perf_counter()
                 w = np.empty((k, window, window), np.float32)
-                extract_windows(img, cx[sl], cy[sl], window, True, w, 5.0, zero[:k], zero[:k])
+                centres = WindowCentres(x=cx[sl], y=cy[sl], circle_dx=zero[:k], circle_dy=zero[:k])
+                extract_windows(img, centres, out=w, circle_crop=True, falloff=5.0)
                 t1 = time.perf_counter()
                 F = sfft.rfft(w, axis=2, norm="ortho")[:, :, :cols]
                 sfft.fft(F, axis=1, norm="ortho", overwrite_x=True)
@@ -115,7 +116,14 @@ def finish(box: int, window: int, reps: int) -> None:
 
     from napari_subtomo_recon.core.ctf import ctf_constants, tilt_ctf_terms
     from napari_subtomo_recon.core.dose import dose_weights, dose_x_ranges
-    from napari_subtomo_recon.core.extraction import crop_rows, finish_slices, shift_factors
+    from napari_subtomo_recon.core.extraction import (
+        FourierCrop,
+        SliceTerms,
+        TiltFilters,
+        crop_rows,
+        finish_slices,
+        shift_factors,
+    )
 
     numba.set_num_threads(1)
     rng = np.random.default_rng(1)
@@ -127,19 +135,28 @@ def finish(box: int, window: int, reps: int) -> None:
     const = ctf_constants(300, 2.7, 0.1, 10.0, 0.9, 0.0)
     dose = dose_weights([30.0], s, px)[0]
     xr = dose_x_ranges(dose[None], 0.01)[0]
-    sin_g0, cos_g0, u2_unit, env = tilt_ctf_terms(s, px, 25000.0, 24600.0, 33.0, const)
+    ctf = tilt_ctf_terms(s, px, 25000.0, 24600.0, 33.0, const)
     beta = const.k1 * rng.uniform(-1500, 1500, n)
     ex, ey = shift_factors(s, s, rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n))
     out = np.empty((n, s + 1, sh + 1, 4), np.float32)
-    args = (F, crop_rows(window, s), sh, s / window, ex, ey, sin_g0, cos_g0, u2_unit, env, beta,
-            np.zeros((0, 1, 1), complex), np.zeros(n, np.int64), dose, xr,
-            np.zeros((0, 1), np.float32), True, -1.0, out)  # fmt: skip
-    finish_slices(*args)
+    kwargs = dict(
+        crop=FourierCrop(rows=crop_rows(window, s), ncols=sh, inv_bin=s / window),
+        slices=SliceTerms(ex=ex, ey=ey, beta=beta, group=np.zeros(n, np.int64)),
+        ctf=ctf,
+        filters=TiltFilters(
+            dose=dose, x_ranges=xr, odd=np.zeros((0, 1, 1), complex),
+            noise=np.zeros((0, 1), np.float32),
+        ),
+        do_ctf=True,
+        sign=-1.0,
+        out=out,
+    )  # fmt: skip
+    finish_slices(F, **kwargs)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         for _ in range(50):
-            finish_slices(*args)
+            finish_slices(F, **kwargs)
         times.append((time.perf_counter() - t0) / (50 * n) * 1e3)
     print(
         f"finish_slices box {s}, window {window}: {np.median(times):.3f} ms per slice "

@@ -15,10 +15,14 @@ import numba
 import numpy as np
 import scipy.fft as sfft
 
-from .ctf import ctf_constants, tilt_ctf_terms
+from .ctf import TiltCtfTerms, ctf_constants, tilt_ctf_terms
 from .dose import dose_weights, dose_x_ranges
 from .extraction import (
     EDGE_FALLOFF,
+    FourierCrop,
+    SliceTerms,
+    TiltFilters,
+    WindowCentres,
     bin_image,
     crop_rows,
     cropped_width,
@@ -125,9 +129,7 @@ class _Mode:
     den: int
     win: int
     factor: float  # window px per output px
-    rows: np.ndarray
-    inv_bin: float
-    ncols: int
+    crop: FourierCrop  # from the window's spectrum to the output box
     w_shift: int
     chunk: int  # windows made at a time
 
@@ -141,9 +143,8 @@ class _Mode:
         ncols = min(cropped_width(win, factor), sh)
         per_window = win * win * 4 + win * (win // 2 + 1) * 8
         chunk = max(1, int(chunk_bytes // per_window))
-        return cls(
-            num, den, win, factor, rows.astype(np.int64), inv_bin, ncols, 2 * (ncols - 1), chunk
-        )
+        crop = FourierCrop(rows=rows.astype(np.int64), ncols=ncols, inv_bin=inv_bin)
+        return cls(num, den, win, factor, crop, 2 * (ncols - 1), chunk)
 
     def pays_off(self, particles: int, image_shape, relion: _Mode) -> bool:
         """Binning the whole tilt (~1.3 window pixels' work per image pixel, measured)
@@ -160,11 +161,8 @@ class _Tilt:
     mode: _Mode
     source: np.ndarray  # the tilt image, binned by mode.num/mode.den
     pad: int
-    sin_g0: np.ndarray
-    cos_g0: np.ndarray
-    u2_unit: float
-    envelope: np.ndarray
-    k1: float
+    ctf: TiltCtfTerms
+    k1: float  # π·λ: beta = k1·Δz
     noise: np.ndarray
 
 
@@ -183,11 +181,12 @@ def _prepare_chunk(
     mdx = c_round(c2u[:, 0]) / scale - c_round(c2[:, 0])
     mdy = c_round(c2u[:, 1]) / scale - c_round(c2[:, 1])
     windows = np.empty((part.size, win, win), np.float32)
+    centres = WindowCentres(x=c2[:, 0], y=c2[:, 1], circle_dx=mdx, circle_dy=mdy)
     extract_windows(
-        t.source, c2[:, 0], c2[:, 1], win, st.circle_crop, windows, EDGE_FALLOFF / scale, mdx, mdy
+        t.source, centres, out=windows, circle_crop=st.circle_crop, falloff=EDGE_FALLOFF / scale
     )
     # unitary 2D transform, the column pass only for the columns the crop keeps
-    F = sfft.rfft(windows, axis=2, norm="ortho", workers=workers)[:, :, : m.ncols]
+    F = sfft.rfft(windows, axis=2, norm="ortho", workers=workers)[:, :, : m.crop.ncols]
     del windows
     F = sfft.fft(F, axis=1, norm="ortho", workers=workers, overwrite_x=True)
     # sub-pixel shift: projected centre relative to the binned window's centre, in output
@@ -199,10 +198,11 @@ def _prepare_chunk(
     ty = (c2[:, 1] - oy) * to_binned - s // 2
     dz = ts.hand * ts.defocus_slope * ts.pixel_size * geo.depth[part, f]
     ex, ey = shift_factors(s, m.w_shift, tx, ty)
+    slices = SliceTerms(ex=ex, ey=ey, beta=t.k1 * dz, group=group[part])
+    filters = TiltFilters(dose=terms.dose[f], x_ranges=terms.x_ranges[f], odd=odd, noise=t.noise)
     finish_slices(
-        F, m.rows, m.ncols, m.inv_bin, ex, ey, t.sin_g0, t.cos_g0, t.u2_unit, t.envelope,
-        t.k1 * dz, odd, group[part], terms.dose[f], terms.x_ranges[f], t.noise,
-        st.do_ctf, -1.0, out,
+        F, crop=m.crop, slices=slices, ctf=t.ctf, filters=filters, do_ctf=st.do_ctf,
+        sign=-1.0, out=out,
     )  # fmt: skip
 
 
@@ -262,7 +262,7 @@ def backproject(
             const = ctf_constants(
                 ts.voltage, ts.cs, ts.q0, ts.ctf_bfactor[f], ts.ctf_scale[f], ts.phase_shift[f]
             )
-            sin_g0, cos_g0, u2_unit, envelope = tilt_ctf_terms(
+            ctf = tilt_ctf_terms(
                 s, binned_px, ts.defocus_u[f], ts.defocus_v[f], ts.defocus_angle[f], const,
                 terms.gamma_offset,
             )  # fmt: skip
@@ -275,7 +275,7 @@ def backproject(
             source, pad = bin_image(img, m.num, m.den, st.window // 2 + 2, st.threads)
             noise = whitening_filter(img, s, st.binning) if st.whiten else noise_empty
             del img
-            tilt = _Tilt(f, m, source, pad, sin_g0, cos_g0, u2_unit, envelope, const.k1, noise)
+            tilt = _Tilt(f, m, source, pad, ctf, const.k1, noise)
             P3 = terms.P[f, :3, :3]
             for start in range(0, idx.size, ins):
                 sel = idx[start : start + ins]
