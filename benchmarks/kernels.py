@@ -38,7 +38,17 @@ def _random_rotations(n: int, rng) -> np.ndarray:
 def insertion(box: int, n: int, threads: int, reps: int, batches: list[int]) -> None:
     import numba
 
-    from napari_subtomo_recon.core.insertion import insert_slices, packed_slices, slice_matrices
+    from napari_subtomo_recon.core.insertion import (
+        Accumulators,
+        SliceBatch,
+        insert_slices,
+        packed_slices,
+        slice_matrices,
+    )
+
+    def batch(sl: slice, halves: np.ndarray | None = None) -> SliceBatch:
+        h = half[sl] if halves is None else halves
+        return SliceBatch(packed=S[sl], Q=Q[sl], max_freq=mf[sl], half=h)
 
     numba.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -51,8 +61,9 @@ def insertion(box: int, n: int, threads: int, reps: int, batches: list[int]) -> 
     half = rng.integers(0, 2, n).astype(np.int64)
     D = np.zeros((2, box, box, sh), np.complex128)
     W = np.zeros((2, box, box, sh))
+    acc = Accumulators(data=D, weight=W)
     for single in (False, True):  # compile / load the cache
-        insert_slices(S[:2], Q[:2], mf[:2], half[:2], D, W, single=single)
+        insert_slices(batch(slice(0, 2)), acc, single=single)
     times: dict[tuple[bool, int], list[float]] = {}
     # all variants take turns in every repetition, so a slow phase of the host hits each
     for _ in range(reps):
@@ -60,13 +71,12 @@ def insertion(box: int, n: int, threads: int, reps: int, batches: list[int]) -> 
             for b in batches:
                 t0 = time.perf_counter()
                 for a in range(0, n, b):
-                    sl = slice(a, a + b)
-                    insert_slices(S[sl], Q[sl], mf[sl], half[sl], D, W, single=single)
+                    insert_slices(batch(slice(a, a + b)), acc, single=single)
                 times.setdefault((single, b), []).append((time.perf_counter() - t0) / n * 1e3)
     voxels = []
     for i in range(min(n, 20)):  # voxels touched: nonzero weights of one slice alone
         W[:] = 0
-        insert_slices(S[i : i + 1], Q[i : i + 1], mf[i : i + 1], np.zeros(1, np.int64), D, W)
+        insert_slices(batch(slice(i, i + 1), np.zeros(1, np.int64)), acc)
         voxels.append(np.count_nonzero(W[0]))
     print(
         f"insertion box {box}, {n} slices, --j {threads}, {np.mean(voxels):.0f} voxels per slice:"

@@ -32,9 +32,18 @@ from .extraction import (
     shift_factors,
 )
 from .geometry import c_round
-from .insertion import insert_slices, slice_matrices
+from .insertion import Accumulators, SliceBatch, insert_slices, slice_matrices
 from .particles import ParticleGeometry
 from .whitening import whitening_filter
+
+__all__ = [
+    "Accumulators",
+    "Settings",
+    "TiltSeriesTerms",
+    "backproject",
+    "packed_bytes",
+    "tilt_series_terms",
+]
 
 
 def packed_bytes(box: int) -> int:
@@ -74,23 +83,6 @@ class Settings:
     def window(self) -> int:
         """s02D: the extraction window in unbinned pixels."""
         return int(self.binning * self.box + 0.5)
-
-
-@dataclass
-class Accumulators:
-    """Fourier data and weights per half set: (2, s, s, s//2+1) [half, z, y, x]."""
-
-    data: np.ndarray  # complex128
-    weight: np.ndarray  # float64
-
-    @classmethod
-    def zeros(cls, box: int) -> Accumulators:
-        sh = box // 2 + 1
-        return cls(np.zeros((2, box, box, sh), np.complex128), np.zeros((2, box, box, sh)))
-
-    @staticmethod
-    def nbytes(box: int) -> int:
-        return 2 * box * box * (box // 2 + 1) * 24
 
 
 _EMPTY3 = np.zeros((0, 1, 1), np.float64)
@@ -238,7 +230,7 @@ def backproject(
     sh = s // 2 + 1
     n = geo.n
     group = np.zeros(n, np.int64) if optics_group is None else np.asarray(optics_group, np.int64)
-    half = np.asarray(half, np.int64)
+    half64 = np.asarray(half, np.int64)
     relion_mode = _Mode.make(s, 1, 1, st.window, st.binning, st.chunk_bytes)
     fast_mode = None
     if not st.exact:
@@ -299,10 +291,9 @@ def backproject(
                 B = scale_ratio * (P3[None] @ geo.rotation[sel])
                 Q = slice_matrices(B)
                 max_freq = np.full(nb, terms.x_ranges[f, 0], np.int64)
-                insert_slices(
-                    packed, Q, max_freq, half[sel], acc.data, acc.weight, single=not st.exact
-                )
-                del packed, chunks
+                batch = SliceBatch(packed=packed, Q=Q, max_freq=max_freq, half=half64[sel])
+                insert_slices(batch, acc, single=not st.exact)
+                del packed, chunks, batch
                 yield nb
     finally:
         if pool is not None:
