@@ -10,11 +10,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numba
 import numpy as np
 import scipy.fft as sfft
+from numpy.typing import NDArray
 
+from .arraytypes import (
+    Complex64Array,
+    Complex128Array,
+    Float32Array,
+    Float64Array,
+    Int32Array,
+    Int64Array,
+    TiltSeriesLike,
+)
 from .ctf import TiltCtfTerms, ctf_constants, tilt_ctf_terms
 from .dose import dose_weights, dose_x_ranges
 from .extraction import (
@@ -85,23 +96,29 @@ class Settings:
         return int(self.binning * self.box + 0.5)
 
 
-_EMPTY3 = np.zeros((0, 1, 1), np.float64)
+_EMPTY3: Float64Array = np.zeros((0, 1, 1), np.float64)
 
 
 @dataclass
 class TiltSeriesTerms:
-    """Per tilt series: what does not depend on the particle."""
+    """Per tilt series: what does not depend on the particle (fc frames, sh = s//2+1)."""
 
-    P: np.ndarray  # (fc, 4, 4)
-    dose: np.ndarray  # (fc, s, sh) float32
-    x_ranges: np.ndarray  # (fc, s) int32
-    gamma_offset: np.ndarray = field(default_factory=lambda: _EMPTY3)  # (G, s, sh) even Zernike
-    odd_phase: np.ndarray = field(default_factory=lambda: _EMPTY3)  # (G, s, sh) odd Zernike
+    P: Float64Array  # (fc, 4, 4)
+    dose: Float32Array  # (fc, s, sh) float32
+    x_ranges: Int32Array  # (fc, s) int32
+    gamma_offset: Float64Array = field(default_factory=lambda: _EMPTY3)  # (G, s, sh) even Zernike
+    odd_phase: Float64Array = field(default_factory=lambda: _EMPTY3)  # (G, s, sh) odd Zernike
 
 
 def tilt_series_terms(
-    ts, P: np.ndarray, st: Settings, gamma_offset=None, odd_phase=None
+    ts: TiltSeriesLike,
+    P: Float64Array,
+    st: Settings,
+    gamma_offset: Float64Array | None = None,
+    odd_phase: Float64Array | None = None,
 ) -> TiltSeriesTerms:
+    """Dose weights and their cut-off for every frame, with the projections ``P``
+    (fc, 4, 4) and the optics groups' Zernike phases (G, s, s//2+1), if any."""
     binned_px = ts.pixel_size * st.binning
     dose = dose_weights(ts.pre_exposure, st.box, binned_px, ts.bfactor_per_dose)
     terms = TiltSeriesTerms(P=P, dose=dose, x_ranges=dose_x_ranges(dose, st.cutoff_fract))
@@ -128,6 +145,7 @@ class _Mode:
     @classmethod
     def make(cls, s: int, num: int, den: int, win: int, factor: float, chunk_bytes: int) -> _Mode:
         sh = s // 2 + 1
+        rows: NDArray[np.integer]
         if factor != 1.0:
             rows, inv_bin = crop_rows(win, int(win / factor + 0.5)), 1.0 / factor
         else:
@@ -138,32 +156,42 @@ class _Mode:
         crop = FourierCrop(rows=rows.astype(np.int64), ncols=ncols, inv_bin=inv_bin)
         return cls(num, den, win, factor, crop, 2 * (ncols - 1), chunk)
 
-    def pays_off(self, particles: int, image_shape, relion: _Mode) -> bool:
+    def pays_off(self, particles: int, image_shape: tuple[int, ...], relion: _Mode) -> bool:
         """Binning the whole tilt (~1.3 window pixels' work per image pixel, measured)
         pays off when it saves more window pixels than that over this tilt's particles."""
         saved = particles * (relion.win**2 - self.win**2)
         return saved > 1.3 * (image_shape[0] + relion.win) * (image_shape[1] + relion.win)
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
+class _Series:
+    """What every window of one tilt series shares (n particles)."""
+
+    ts: TiltSeriesLike
+    geo: ParticleGeometry
+    group: Int64Array  # (n,) 0-based optics group
+    terms: TiltSeriesTerms
+    st: Settings
+
+
+@dataclass(frozen=True, kw_only=True)
 class _Tilt:
     """One tilt's source image and per-tilt terms, shared by all its windows."""
 
+    series: _Series
     f: int
     mode: _Mode
-    source: np.ndarray  # the tilt image, binned by mode.num/mode.den
+    source: Float32Array  # the tilt image, binned by mode.num/mode.den
     pad: int
     ctf: TiltCtfTerms
     k1: float  # π·λ: beta = k1·Δz
-    noise: np.ndarray
+    filters: TiltFilters
 
 
-def _prepare_chunk(
-    t: _Tilt, part: np.ndarray, out: np.ndarray, workers: int,
-    ts, geo: ParticleGeometry, group: np.ndarray, terms: TiltSeriesTerms, odd: np.ndarray,
-    st: Settings,
-) -> None:  # fmt: skip
-    """Cut out, transform and weight the windows of particles ``part`` into ``out``."""
+def _prepare_chunk(t: _Tilt, part: NDArray[np.intp], out: Float32Array, workers: int) -> None:
+    """Cut out, transform and weight the windows of particles ``part`` (k,) into ``out``
+    (k, s+1, s//2+2, 4)."""
+    ts, geo, st = t.series.ts, t.series.geo, t.series.st
     m, f = t.mode, t.f
     s, win = st.box, m.win
     scale = m.num / m.den  # unbinned pixels per source pixel: c -> (c + pad) / scale
@@ -178,7 +206,8 @@ def _prepare_chunk(
         t.source, centres, out=windows, circle_crop=st.circle_crop, falloff=EDGE_FALLOFF / scale
     )
     # unitary 2D transform, the column pass only for the columns the crop keeps
-    F = sfft.rfft(windows, axis=2, norm="ortho", workers=workers)[:, :, : m.crop.ncols]
+    F: Complex64Array = sfft.rfft(windows, axis=2, norm="ortho", workers=workers)
+    F = F[:, :, : m.crop.ncols]
     del windows
     F = sfft.fft(F, axis=1, norm="ortho", workers=workers, overwrite_x=True)
     # sub-pixel shift: projected centre relative to the binned window's centre, in output
@@ -190,30 +219,29 @@ def _prepare_chunk(
     ty = (c2[:, 1] - oy) * to_binned - s // 2
     dz = ts.hand * ts.defocus_slope * ts.pixel_size * geo.depth[part, f]
     ex, ey = shift_factors(s, m.w_shift, tx, ty)
-    slices = SliceTerms(ex=ex, ey=ey, beta=t.k1 * dz, group=group[part])
-    filters = TiltFilters(dose=terms.dose[f], x_ranges=terms.x_ranges[f], odd=odd, noise=t.noise)
+    slices = SliceTerms(ex=ex, ey=ey, beta=t.k1 * dz, group=t.series.group[part])
     finish_slices(
-        F, crop=m.crop, slices=slices, ctf=t.ctf, filters=filters, do_ctf=st.do_ctf,
+        F, crop=m.crop, slices=slices, ctf=t.ctf, filters=t.filters, do_ctf=st.do_ctf,
         sign=-1.0, out=out,
     )  # fmt: skip
 
 
 def backproject(
-    ts,
-    read_frame: Callable[[int], np.ndarray],
+    ts: TiltSeriesLike,
+    read_frame: Callable[[int], NDArray[Any]],
     geo: ParticleGeometry,
-    half: np.ndarray,
+    half: NDArray[np.integer],
     terms: TiltSeriesTerms,
     st: Settings,
     acc: Accumulators,
     scale_ratio: float,
-    optics_group: np.ndarray | None = None,
+    optics_group: NDArray[np.integer] | None = None,
 ) -> Iterator[int]:
     """Insert every visible particle-tilt of one tilt series; yields particle-tilts done.
 
     ``half`` (n,) is 0 or 1 per particle; ``scale_ratio`` is px0/px_t (the first
     tomogram's pixel size over this one's); ``optics_group`` (n,) 0-based picks the
-    Zernike maps in ``terms``.
+    Zernike maps in ``terms``; ``read_frame(f)`` returns tilt image f (H, W).
 
     ``st.exact``: RELION's path, a round(bin·s) px window per particle-tilt, FFT'd and
     Fourier-cropped to s.  Otherwise each tilt is first Fourier-binned to 1.5 times
@@ -239,9 +267,12 @@ def backproject(
             fast_mode = _Mode.make(s, num, den, win, win / s, st.chunk_bytes)
     binned_px = ts.pixel_size * st.binning
     noise_empty = np.zeros((0, 1), np.float32)
-    odd = np.exp(-1j * terms.odd_phase) if len(terms.odd_phase) else np.zeros((0, 1, 1), complex)
+    odd: Complex128Array = (
+        np.exp(-1j * terms.odd_phase) if len(terms.odd_phase) else np.zeros((0, 1, 1), complex)
+    )
+    series = _Series(ts=ts, geo=geo, group=group, terms=terms, st=st)
     ins = st.insertion_batch()
-    pool = None
+    pool: ThreadPoolExecutor | None = None
     if st.threads > 1:
         # Numba's thread count is per calling thread: the pool's threads run kernels serially
         pool = ThreadPoolExecutor(st.threads, initializer=numba.set_num_threads, initargs=(1,))
@@ -267,7 +298,19 @@ def backproject(
             source, pad = bin_image(img, m.num, m.den, st.window // 2 + 2, st.threads)
             noise = whitening_filter(img, s, st.binning) if st.whiten else noise_empty
             del img
-            tilt = _Tilt(f, m, source, pad, ctf, const.k1, noise)
+            filters = TiltFilters(
+                dose=terms.dose[f], x_ranges=terms.x_ranges[f], odd=odd, noise=noise
+            )
+            tilt = _Tilt(
+                series=series,
+                f=f,
+                mode=m,
+                source=source,
+                pad=pad,
+                ctf=ctf,
+                k1=const.k1,
+                filters=filters,
+            )
             P3 = terms.P[f, :3, :3]
             for start in range(0, idx.size, ins):
                 sel = idx[start : start + ins]
@@ -278,14 +321,9 @@ def backproject(
                 ]
                 if pool is None:
                     for part, out in chunks:
-                        _prepare_chunk(tilt, part, out, st.threads, ts, geo, group, terms, odd, st)
+                        _prepare_chunk(tilt, part, out, st.threads)
                 else:
-                    jobs = [
-                        pool.submit(
-                            _prepare_chunk, tilt, part, out, 1, ts, geo, group, terms, odd, st
-                        )
-                        for part, out in chunks
-                    ]
+                    jobs = [pool.submit(_prepare_chunk, tilt, part, out, 1) for part, out in chunks]
                     for job in jobs:
                         job.result()
                 B = scale_ratio * (P3[None] @ geo.rotation[sel])
