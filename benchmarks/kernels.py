@@ -38,7 +38,17 @@ def _random_rotations(n: int, rng) -> np.ndarray:
 def insertion(box: int, n: int, threads: int, reps: int, batches: list[int]) -> None:
     import numba
 
-    from napari_subtomo_recon.core.insertion import insert_slices, packed_slices, slice_matrices
+    from napari_subtomo_recon.core.insertion import (
+        Accumulators,
+        SliceBatch,
+        insert_slices,
+        packed_slices,
+        slice_matrices,
+    )
+
+    def batch(sl: slice, halves: np.ndarray | None = None) -> SliceBatch:
+        h = half[sl] if halves is None else halves
+        return SliceBatch(packed=S[sl], Q=Q[sl], max_freq=mf[sl], half=h)
 
     numba.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -51,8 +61,9 @@ def insertion(box: int, n: int, threads: int, reps: int, batches: list[int]) -> 
     half = rng.integers(0, 2, n).astype(np.int64)
     D = np.zeros((2, box, box, sh), np.complex128)
     W = np.zeros((2, box, box, sh))
+    acc = Accumulators(data=D, weight=W)
     for single in (False, True):  # compile / load the cache
-        insert_slices(S[:2], Q[:2], mf[:2], half[:2], D, W, single=single)
+        insert_slices(batch(slice(0, 2)), acc, single=single)
     times: dict[tuple[bool, int], list[float]] = {}
     # all variants take turns in every repetition, so a slow phase of the host hits each
     for _ in range(reps):
@@ -60,13 +71,12 @@ def insertion(box: int, n: int, threads: int, reps: int, batches: list[int]) -> 
             for b in batches:
                 t0 = time.perf_counter()
                 for a in range(0, n, b):
-                    sl = slice(a, a + b)
-                    insert_slices(S[sl], Q[sl], mf[sl], half[sl], D, W, single=single)
+                    insert_slices(batch(slice(a, a + b)), acc, single=single)
                 times.setdefault((single, b), []).append((time.perf_counter() - t0) / n * 1e3)
     voxels = []
     for i in range(min(n, 20)):  # voxels touched: nonzero weights of one slice alone
         W[:] = 0
-        insert_slices(S[i : i + 1], Q[i : i + 1], mf[i : i + 1], np.zeros(1, np.int64), D, W)
+        insert_slices(batch(slice(i, i + 1), np.zeros(1, np.int64)), acc)
         voxels.append(np.count_nonzero(W[0]))
     print(
         f"insertion box {box}, {n} slices, --j {threads}, {np.mean(voxels):.0f} voxels per slice:"
@@ -81,7 +91,7 @@ def insertion(box: int, n: int, threads: int, reps: int, batches: list[int]) -> 
 def windows(window: int, cols: int, n: int, reps: int) -> None:
     import scipy.fft as sfft
 
-    from napari_subtomo_recon.core.extraction import extract_windows
+    from napari_subtomo_recon.core.extraction import WindowCentres, extract_windows
 
     rng = np.random.default_rng(0)
     img = rng.standard_normal((4400, 4300)).astype(np.float32)
@@ -96,7 +106,8 @@ def windows(window: int, cols: int, n: int, reps: int) -> None:
                 k = cx[sl].size
                 t0 = time.perf_counter()
                 w = np.empty((k, window, window), np.float32)
-                extract_windows(img, cx[sl], cy[sl], window, True, w, 5.0, zero[:k], zero[:k])
+                centres = WindowCentres(x=cx[sl], y=cy[sl], circle_dx=zero[:k], circle_dy=zero[:k])
+                extract_windows(img, centres, out=w, circle_crop=True, falloff=5.0)
                 t1 = time.perf_counter()
                 F = sfft.rfft(w, axis=2, norm="ortho")[:, :, :cols]
                 sfft.fft(F, axis=1, norm="ortho", overwrite_x=True)
@@ -115,7 +126,14 @@ def finish(box: int, window: int, reps: int) -> None:
 
     from napari_subtomo_recon.core.ctf import ctf_constants, tilt_ctf_terms
     from napari_subtomo_recon.core.dose import dose_weights, dose_x_ranges
-    from napari_subtomo_recon.core.extraction import crop_rows, finish_slices, shift_factors
+    from napari_subtomo_recon.core.extraction import (
+        FourierCrop,
+        SliceTerms,
+        TiltFilters,
+        crop_rows,
+        finish_slices,
+        shift_factors,
+    )
 
     numba.set_num_threads(1)
     rng = np.random.default_rng(1)
@@ -127,19 +145,28 @@ def finish(box: int, window: int, reps: int) -> None:
     const = ctf_constants(300, 2.7, 0.1, 10.0, 0.9, 0.0)
     dose = dose_weights([30.0], s, px)[0]
     xr = dose_x_ranges(dose[None], 0.01)[0]
-    sin_g0, cos_g0, u2_unit, env = tilt_ctf_terms(s, px, 25000.0, 24600.0, 33.0, const)
+    ctf = tilt_ctf_terms(s, px, 25000.0, 24600.0, 33.0, const)
     beta = const.k1 * rng.uniform(-1500, 1500, n)
     ex, ey = shift_factors(s, s, rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n))
     out = np.empty((n, s + 1, sh + 1, 4), np.float32)
-    args = (F, crop_rows(window, s), sh, s / window, ex, ey, sin_g0, cos_g0, u2_unit, env, beta,
-            np.zeros((0, 1, 1), complex), np.zeros(n, np.int64), dose, xr,
-            np.zeros((0, 1), np.float32), True, -1.0, out)  # fmt: skip
-    finish_slices(*args)
+    kwargs = dict(
+        crop=FourierCrop(rows=crop_rows(window, s), ncols=sh, inv_bin=s / window),
+        slices=SliceTerms(ex=ex, ey=ey, beta=beta, group=np.zeros(n, np.int64)),
+        ctf=ctf,
+        filters=TiltFilters(
+            dose=dose, x_ranges=xr, odd=np.zeros((0, 1, 1), complex),
+            noise=np.zeros((0, 1), np.float32),
+        ),
+        do_ctf=True,
+        sign=-1.0,
+        out=out,
+    )  # fmt: skip
+    finish_slices(F, **kwargs)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         for _ in range(50):
-            finish_slices(*args)
+            finish_slices(F, **kwargs)
         times.append((time.perf_counter() - t0) / (50 * n) * 1e3)
     print(
         f"finish_slices box {s}, window {window}: {np.median(times):.3f} ms per slice "

@@ -7,6 +7,10 @@ import scipy.fft as sfft
 from napari_subtomo_recon.core.ctf import ctf_constants, ctf_image, tilt_ctf_terms
 from napari_subtomo_recon.core.dose import dose_weights, dose_x_ranges
 from napari_subtomo_recon.core.extraction import (
+    FourierCrop,
+    SliceTerms,
+    TiltFilters,
+    WindowCentres,
     crop_rows,
     extract_windows,
     finish_slices,
@@ -44,7 +48,8 @@ def test_extract_windows_matches_reference_including_edges(w, circle):
     cx = np.array([45.3, 2.5, 88.6, -3.5, 44.5])
     cy = np.array([35.7, 1.2, 68.9, 30.0, -0.5])
     out = np.empty((5, w, w), np.float32)
-    extract_windows(img, cx, cy, w, circle, out, 5.0, np.zeros(5), np.zeros(5))
+    centres = WindowCentres(x=cx, y=cy, circle_dx=np.zeros(5), circle_dy=np.zeros(5))
+    extract_windows(img, centres, out=out, circle_crop=circle, falloff=5.0)
     for i in range(5):
         assert np.allclose(out[i], reference_window(img, cx[i], cy[i], w, circle), atol=1e-5)
 
@@ -109,17 +114,24 @@ def test_finish_slices_equals_numpy_composition(zernike):
     group = np.array([0, 1, 1, 0]) if zernike else np.zeros(n, np.int64)
     even = rng.uniform(-1, 1, (2, s, sh)) if zernike else empty
     odd_phase = rng.uniform(-1, 1, (2, s, sh)) if zernike else empty
-    sin_g0, cos_g0, u2_unit, env = tilt_ctf_terms(s, px, U0, V0, 33.0, const, even)
+    ctf = tilt_ctf_terms(s, px, U0, V0, 33.0, const, even)
     odd = np.exp(-1j * odd_phase) if zernike else empty.astype(complex)
     ex, ey = shift_factors(s, s, tx, ty)
     packed = np.empty((n, s + 1, sh + 1, 4), np.float32)
 
     def run(do_ctf):
         finish_slices(
-            F, crop_rows(w, s), sh, 1 / binning, ex, ey, sin_g0, cos_g0, u2_unit, env,
-            const.k1 * dz, odd, group, dose, xr, np.zeros((0, 1), np.float32),
-            do_ctf, -1.0, packed,
-        )  # fmt: skip
+            F,
+            crop=FourierCrop(rows=crop_rows(w, s), ncols=sh, inv_bin=1 / binning),
+            slices=SliceTerms(ex=ex, ey=ey, beta=const.k1 * dz, group=group),
+            ctf=ctf,
+            filters=TiltFilters(
+                dose=dose, x_ranges=xr, odd=odd, noise=np.zeros((0, 1), np.float32)
+            ),
+            do_ctf=do_ctf,
+            sign=-1.0,
+            out=packed,
+        )
         # the layout repeats row 0 after the last row and column sh-2 after the last column
         assert np.array_equal(packed[:, s], packed[:, 0])
         assert np.array_equal(packed[:, :, sh], packed[:, :, sh - 2])

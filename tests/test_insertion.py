@@ -6,6 +6,8 @@ import pytest
 
 from napari_subtomo_recon.core.geometry import euler_matrix, rot_y
 from napari_subtomo_recon.core.insertion import (
+    Accumulators,
+    SliceBatch,
     insert_slice,
     insert_slices,
     packed_slices,
@@ -98,7 +100,8 @@ def test_identity_orientation_fills_the_central_plane_exactly():
     D = np.zeros((2, s, s, sh), np.complex128)
     W = np.zeros((2, s, s, sh))
     S = packed_slices(data[None], weight[None])
-    insert_slices(S, np.eye(3)[None], np.array([s // 2]), np.array([1]), D, W)
+    batch = SliceBatch(packed=S, Q=np.eye(3)[None], max_freq=np.array([s // 2]), half=np.array([1]))
+    insert_slices(batch, Accumulators(data=D, weight=W))
     assert np.all(D[0] == 0)
     plane = D[1, 0]
     y = np.arange(s)
@@ -137,7 +140,8 @@ def test_batch_equals_slice_by_slice_for_any_threads_and_blocks(block, single):
     for threads in (1, 2):
         numba.set_num_threads(threads)
         D, W = D0.copy(), W0.copy()
-        insert_slices(packed_slices(data, weight), Q, mf, half, D, W, block=block, single=single)
+        batch = SliceBatch(packed=packed_slices(data, weight), Q=Q, max_freq=mf, half=half)
+        insert_slices(batch, Accumulators(data=D, weight=W), block=block, single=single)
         results.append((D - D0, W - W0))
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     # double: the reference's own rounding; single: each voxel's batch sum rounded to float32
@@ -146,7 +150,8 @@ def test_batch_equals_slice_by_slice_for_any_threads_and_blocks(block, single):
     assert np.abs(results[0][1] - ref_W).max() < tol * np.abs(ref_W).max()
     # from zero, the single kernel's sums are float32 numbers, the double kernel's are not
     D, W = np.zeros_like(D0), np.zeros_like(W0)
-    insert_slices(packed_slices(data, weight), Q, mf, half, D, W, block=block, single=single)
+    batch = SliceBatch(packed=packed_slices(data, weight), Q=Q, max_freq=mf, half=half)
+    insert_slices(batch, Accumulators(data=D, weight=W), block=block, single=single)
     assert np.array_equal(W, W.astype(np.float32)) == single
     # owner-computes: the same sums in the same order whatever the number of threads
     assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(

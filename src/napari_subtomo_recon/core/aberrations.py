@@ -7,9 +7,12 @@ with the pixel size of the output (first tomogram's pixel size × binning).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from math import factorial
 
 import numpy as np
+
+from .arraytypes import Float64Array
 
 
 def even_index_to_mn(i: int) -> tuple[int, int]:
@@ -23,7 +26,8 @@ def odd_index_to_mn(i: int) -> tuple[int, int]:
     return 2 * (i - k * k - k) - n, n
 
 
-def radial_polynomial(m: int, n: int, rho: np.ndarray) -> np.ndarray:
+def radial_polynomial(m: int, n: int, rho: Float64Array) -> Float64Array:
+    """Zernike radial polynomial R_n^|m| at ``rho`` (any shape)."""
     m = abs(m)
     if (n - m) % 2:
         return np.zeros_like(rho)
@@ -38,15 +42,18 @@ def radial_polynomial(m: int, n: int, rho: np.ndarray) -> np.ndarray:
     return out
 
 
-def zernike(m: int, n: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def zernike(m: int, n: int, x: Float64Array, y: Float64Array) -> Float64Array:
+    """Zernike polynomial Z_n^m at (x, y) (same shape), not normalised."""
     rho = np.sqrt(x * x + y * y)
     phi = np.arctan2(y, x)  # 0 at the origin, as RELION
     r = radial_polynomial(m, n, rho)
-    return r * np.cos(m * phi) if m >= 0 else r * np.sin(-m * phi)
+    z: Float64Array = r * np.cos(m * phi) if m >= 0 else r * np.sin(-m * phi)
+    return z
 
 
-def aberration_phase(coeffs, s: int, pixel_size: float, odd: bool) -> np.ndarray:
-    """Σ c_i Z_i on the (s, s//2+1) grid; ``odd`` selects the antisymmetric index map."""
+def aberration_phase(coeffs: Iterable[float], s: int, pixel_size: float, odd: bool) -> Float64Array:
+    """Σ c_i Z_i on the (s, s//2+1) grid, float64, for coefficients (k,); ``odd`` selects
+    the antisymmetric index map."""
     sh = s // 2 + 1
     a = pixel_size * s
     x = np.arange(sh, dtype=np.float64)[None, :] / a
@@ -60,7 +67,9 @@ def aberration_phase(coeffs, s: int, pixel_size: float, odd: bool) -> np.ndarray
     return out
 
 
-def group_phases(coeff_list, s: int, pixel_size: float, odd: bool) -> np.ndarray:
+def group_phases(
+    coeff_list: Sequence[Iterable[float]] | None, s: int, pixel_size: float, odd: bool
+) -> Float64Array:
     """(G, s, sh) phases for every optics group, or an empty (0, 1, 1) array."""
     if not coeff_list:
         return np.zeros((0, 1, 1))

@@ -10,15 +10,30 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numba
 import numpy as np
 import scipy.fft as sfft
+from numpy.typing import NDArray
 
-from .ctf import ctf_constants, tilt_ctf_terms
+from .arraytypes import (
+    Complex64Array,
+    Complex128Array,
+    Float32Array,
+    Float64Array,
+    Int32Array,
+    Int64Array,
+    TiltSeriesLike,
+)
+from .ctf import TiltCtfTerms, ctf_constants, tilt_ctf_terms
 from .dose import dose_weights, dose_x_ranges
 from .extraction import (
     EDGE_FALLOFF,
+    FourierCrop,
+    SliceTerms,
+    TiltFilters,
+    WindowCentres,
     bin_image,
     crop_rows,
     cropped_width,
@@ -28,9 +43,18 @@ from .extraction import (
     shift_factors,
 )
 from .geometry import c_round
-from .insertion import insert_slices, slice_matrices
+from .insertion import Accumulators, SliceBatch, insert_slices, slice_matrices
 from .particles import ParticleGeometry
 from .whitening import whitening_filter
+
+__all__ = [
+    "Accumulators",
+    "Settings",
+    "TiltSeriesTerms",
+    "backproject",
+    "packed_bytes",
+    "tilt_series_terms",
+]
 
 
 def packed_bytes(box: int) -> int:
@@ -72,40 +96,29 @@ class Settings:
         return int(self.binning * self.box + 0.5)
 
 
-@dataclass
-class Accumulators:
-    """Fourier data and weights per half set: (2, s, s, s//2+1) [half, z, y, x]."""
-
-    data: np.ndarray  # complex128
-    weight: np.ndarray  # float64
-
-    @classmethod
-    def zeros(cls, box: int) -> Accumulators:
-        sh = box // 2 + 1
-        return cls(np.zeros((2, box, box, sh), np.complex128), np.zeros((2, box, box, sh)))
-
-    @staticmethod
-    def nbytes(box: int) -> int:
-        return 2 * box * box * (box // 2 + 1) * 24
-
-
-_EMPTY3 = np.zeros((0, 1, 1), np.float64)
+_EMPTY3: Float64Array = np.zeros((0, 1, 1), np.float64)
 
 
 @dataclass
 class TiltSeriesTerms:
-    """Per tilt series: what does not depend on the particle."""
+    """Per tilt series: what does not depend on the particle (fc frames, sh = s//2+1)."""
 
-    P: np.ndarray  # (fc, 4, 4)
-    dose: np.ndarray  # (fc, s, sh) float32
-    x_ranges: np.ndarray  # (fc, s) int32
-    gamma_offset: np.ndarray = field(default_factory=lambda: _EMPTY3)  # (G, s, sh) even Zernike
-    odd_phase: np.ndarray = field(default_factory=lambda: _EMPTY3)  # (G, s, sh) odd Zernike
+    P: Float64Array  # (fc, 4, 4)
+    dose: Float32Array  # (fc, s, sh) float32
+    x_ranges: Int32Array  # (fc, s) int32
+    gamma_offset: Float64Array = field(default_factory=lambda: _EMPTY3)  # (G, s, sh) even Zernike
+    odd_phase: Float64Array = field(default_factory=lambda: _EMPTY3)  # (G, s, sh) odd Zernike
 
 
 def tilt_series_terms(
-    ts, P: np.ndarray, st: Settings, gamma_offset=None, odd_phase=None
+    ts: TiltSeriesLike,
+    P: Float64Array,
+    st: Settings,
+    gamma_offset: Float64Array | None = None,
+    odd_phase: Float64Array | None = None,
 ) -> TiltSeriesTerms:
+    """Dose weights and their cut-off for every frame, with the projections ``P``
+    (fc, 4, 4) and the optics groups' Zernike phases (G, s, s//2+1), if any."""
     binned_px = ts.pixel_size * st.binning
     dose = dose_weights(ts.pre_exposure, st.box, binned_px, ts.bfactor_per_dose)
     terms = TiltSeriesTerms(P=P, dose=dose, x_ranges=dose_x_ranges(dose, st.cutoff_fract))
@@ -125,15 +138,14 @@ class _Mode:
     den: int
     win: int
     factor: float  # window px per output px
-    rows: np.ndarray
-    inv_bin: float
-    ncols: int
+    crop: FourierCrop  # from the window's spectrum to the output box
     w_shift: int
     chunk: int  # windows made at a time
 
     @classmethod
     def make(cls, s: int, num: int, den: int, win: int, factor: float, chunk_bytes: int) -> _Mode:
         sh = s // 2 + 1
+        rows: NDArray[np.integer]
         if factor != 1.0:
             rows, inv_bin = crop_rows(win, int(win / factor + 0.5)), 1.0 / factor
         else:
@@ -141,39 +153,45 @@ class _Mode:
         ncols = min(cropped_width(win, factor), sh)
         per_window = win * win * 4 + win * (win // 2 + 1) * 8
         chunk = max(1, int(chunk_bytes // per_window))
-        return cls(
-            num, den, win, factor, rows.astype(np.int64), inv_bin, ncols, 2 * (ncols - 1), chunk
-        )
+        crop = FourierCrop(rows=rows.astype(np.int64), ncols=ncols, inv_bin=inv_bin)
+        return cls(num, den, win, factor, crop, 2 * (ncols - 1), chunk)
 
-    def pays_off(self, particles: int, image_shape, relion: _Mode) -> bool:
+    def pays_off(self, particles: int, image_shape: tuple[int, ...], relion: _Mode) -> bool:
         """Binning the whole tilt (~1.3 window pixels' work per image pixel, measured)
         pays off when it saves more window pixels than that over this tilt's particles."""
         saved = particles * (relion.win**2 - self.win**2)
         return saved > 1.3 * (image_shape[0] + relion.win) * (image_shape[1] + relion.win)
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
+class _Series:
+    """What every window of one tilt series shares (n particles)."""
+
+    ts: TiltSeriesLike
+    geo: ParticleGeometry
+    group: Int64Array  # (n,) 0-based optics group
+    terms: TiltSeriesTerms
+    st: Settings
+
+
+@dataclass(frozen=True, kw_only=True)
 class _Tilt:
     """One tilt's source image and per-tilt terms, shared by all its windows."""
 
+    series: _Series
     f: int
     mode: _Mode
-    source: np.ndarray  # the tilt image, binned by mode.num/mode.den
+    source: Float32Array  # the tilt image, binned by mode.num/mode.den
     pad: int
-    sin_g0: np.ndarray
-    cos_g0: np.ndarray
-    u2_unit: float
-    envelope: np.ndarray
-    k1: float
-    noise: np.ndarray
+    ctf: TiltCtfTerms
+    k1: float  # π·λ: beta = k1·Δz
+    filters: TiltFilters
 
 
-def _prepare_chunk(
-    t: _Tilt, part: np.ndarray, out: np.ndarray, workers: int,
-    ts, geo: ParticleGeometry, group: np.ndarray, terms: TiltSeriesTerms, odd: np.ndarray,
-    st: Settings,
-) -> None:  # fmt: skip
-    """Cut out, transform and weight the windows of particles ``part`` into ``out``."""
+def _prepare_chunk(t: _Tilt, part: NDArray[np.intp], out: Float32Array, workers: int) -> None:
+    """Cut out, transform and weight the windows of particles ``part`` (k,) into ``out``
+    (k, s+1, s//2+2, 4)."""
+    ts, geo, st = t.series.ts, t.series.geo, t.series.st
     m, f = t.mode, t.f
     s, win = st.box, m.win
     scale = m.num / m.den  # unbinned pixels per source pixel: c -> (c + pad) / scale
@@ -183,11 +201,13 @@ def _prepare_chunk(
     mdx = c_round(c2u[:, 0]) / scale - c_round(c2[:, 0])
     mdy = c_round(c2u[:, 1]) / scale - c_round(c2[:, 1])
     windows = np.empty((part.size, win, win), np.float32)
+    centres = WindowCentres(x=c2[:, 0], y=c2[:, 1], circle_dx=mdx, circle_dy=mdy)
     extract_windows(
-        t.source, c2[:, 0], c2[:, 1], win, st.circle_crop, windows, EDGE_FALLOFF / scale, mdx, mdy
+        t.source, centres, out=windows, circle_crop=st.circle_crop, falloff=EDGE_FALLOFF / scale
     )
     # unitary 2D transform, the column pass only for the columns the crop keeps
-    F = sfft.rfft(windows, axis=2, norm="ortho", workers=workers)[:, :, : m.ncols]
+    F: Complex64Array = sfft.rfft(windows, axis=2, norm="ortho", workers=workers)
+    F = F[:, :, : m.crop.ncols]
     del windows
     F = sfft.fft(F, axis=1, norm="ortho", workers=workers, overwrite_x=True)
     # sub-pixel shift: projected centre relative to the binned window's centre, in output
@@ -199,29 +219,29 @@ def _prepare_chunk(
     ty = (c2[:, 1] - oy) * to_binned - s // 2
     dz = ts.hand * ts.defocus_slope * ts.pixel_size * geo.depth[part, f]
     ex, ey = shift_factors(s, m.w_shift, tx, ty)
+    slices = SliceTerms(ex=ex, ey=ey, beta=t.k1 * dz, group=t.series.group[part])
     finish_slices(
-        F, m.rows, m.ncols, m.inv_bin, ex, ey, t.sin_g0, t.cos_g0, t.u2_unit, t.envelope,
-        t.k1 * dz, odd, group[part], terms.dose[f], terms.x_ranges[f], t.noise,
-        st.do_ctf, -1.0, out,
+        F, crop=m.crop, slices=slices, ctf=t.ctf, filters=t.filters, do_ctf=st.do_ctf,
+        sign=-1.0, out=out,
     )  # fmt: skip
 
 
 def backproject(
-    ts,
-    read_frame: Callable[[int], np.ndarray],
+    ts: TiltSeriesLike,
+    read_frame: Callable[[int], NDArray[Any]],
     geo: ParticleGeometry,
-    half: np.ndarray,
+    half: NDArray[np.integer],
     terms: TiltSeriesTerms,
     st: Settings,
     acc: Accumulators,
     scale_ratio: float,
-    optics_group: np.ndarray | None = None,
+    optics_group: NDArray[np.integer] | None = None,
 ) -> Iterator[int]:
     """Insert every visible particle-tilt of one tilt series; yields particle-tilts done.
 
     ``half`` (n,) is 0 or 1 per particle; ``scale_ratio`` is px0/px_t (the first
     tomogram's pixel size over this one's); ``optics_group`` (n,) 0-based picks the
-    Zernike maps in ``terms``.
+    Zernike maps in ``terms``; ``read_frame(f)`` returns tilt image f (H, W).
 
     ``st.exact``: RELION's path, a round(bin·s) px window per particle-tilt, FFT'd and
     Fourier-cropped to s.  Otherwise each tilt is first Fourier-binned to 1.5 times
@@ -238,7 +258,7 @@ def backproject(
     sh = s // 2 + 1
     n = geo.n
     group = np.zeros(n, np.int64) if optics_group is None else np.asarray(optics_group, np.int64)
-    half = np.asarray(half, np.int64)
+    half64 = np.asarray(half, np.int64)
     relion_mode = _Mode.make(s, 1, 1, st.window, st.binning, st.chunk_bytes)
     fast_mode = None
     if not st.exact:
@@ -247,9 +267,12 @@ def backproject(
             fast_mode = _Mode.make(s, num, den, win, win / s, st.chunk_bytes)
     binned_px = ts.pixel_size * st.binning
     noise_empty = np.zeros((0, 1), np.float32)
-    odd = np.exp(-1j * terms.odd_phase) if len(terms.odd_phase) else np.zeros((0, 1, 1), complex)
+    odd: Complex128Array = (
+        np.exp(-1j * terms.odd_phase) if len(terms.odd_phase) else np.zeros((0, 1, 1), complex)
+    )
+    series = _Series(ts=ts, geo=geo, group=group, terms=terms, st=st)
     ins = st.insertion_batch()
-    pool = None
+    pool: ThreadPoolExecutor | None = None
     if st.threads > 1:
         # Numba's thread count is per calling thread: the pool's threads run kernels serially
         pool = ThreadPoolExecutor(st.threads, initializer=numba.set_num_threads, initargs=(1,))
@@ -262,7 +285,7 @@ def backproject(
             const = ctf_constants(
                 ts.voltage, ts.cs, ts.q0, ts.ctf_bfactor[f], ts.ctf_scale[f], ts.phase_shift[f]
             )
-            sin_g0, cos_g0, u2_unit, envelope = tilt_ctf_terms(
+            ctf = tilt_ctf_terms(
                 s, binned_px, ts.defocus_u[f], ts.defocus_v[f], ts.defocus_angle[f], const,
                 terms.gamma_offset,
             )  # fmt: skip
@@ -275,7 +298,19 @@ def backproject(
             source, pad = bin_image(img, m.num, m.den, st.window // 2 + 2, st.threads)
             noise = whitening_filter(img, s, st.binning) if st.whiten else noise_empty
             del img
-            tilt = _Tilt(f, m, source, pad, sin_g0, cos_g0, u2_unit, envelope, const.k1, noise)
+            filters = TiltFilters(
+                dose=terms.dose[f], x_ranges=terms.x_ranges[f], odd=odd, noise=noise
+            )
+            tilt = _Tilt(
+                series=series,
+                f=f,
+                mode=m,
+                source=source,
+                pad=pad,
+                ctf=ctf,
+                k1=const.k1,
+                filters=filters,
+            )
             P3 = terms.P[f, :3, :3]
             for start in range(0, idx.size, ins):
                 sel = idx[start : start + ins]
@@ -286,23 +321,17 @@ def backproject(
                 ]
                 if pool is None:
                     for part, out in chunks:
-                        _prepare_chunk(tilt, part, out, st.threads, ts, geo, group, terms, odd, st)
+                        _prepare_chunk(tilt, part, out, st.threads)
                 else:
-                    jobs = [
-                        pool.submit(
-                            _prepare_chunk, tilt, part, out, 1, ts, geo, group, terms, odd, st
-                        )
-                        for part, out in chunks
-                    ]
+                    jobs = [pool.submit(_prepare_chunk, tilt, part, out, 1) for part, out in chunks]
                     for job in jobs:
                         job.result()
                 B = scale_ratio * (P3[None] @ geo.rotation[sel])
                 Q = slice_matrices(B)
                 max_freq = np.full(nb, terms.x_ranges[f, 0], np.int64)
-                insert_slices(
-                    packed, Q, max_freq, half[sel], acc.data, acc.weight, single=not st.exact
-                )
-                del packed, chunks
+                batch = SliceBatch(packed=packed, Q=Q, max_freq=max_freq, half=half64[sel])
+                insert_slices(batch, acc, single=not st.exact)
+                del packed, chunks, batch
                 yield nb
     finally:
         if pool is not None:

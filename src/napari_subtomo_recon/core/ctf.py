@@ -10,12 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+from .arraytypes import Float32Array, Float64Array
 
 
 def wavelength(voltage_kv: float) -> float:
     """Relativistic electron wavelength in Å."""
     v = voltage_kv * 1e3
-    return 12.2643247 / np.sqrt(v * (1.0 + v * 0.978466e-6))
+    lam: float = 12.2643247 / np.sqrt(v * (1.0 + v * 0.978466e-6))
+    return lam
 
 
 @dataclass(frozen=True)
@@ -30,8 +34,14 @@ class CtfConstants:
 
 
 def ctf_constants(
-    voltage_kv, cs_mm, q0, bfactor=0.0, scale=1.0, phase_shift_deg=0.0
+    voltage_kv: float,
+    cs_mm: float,
+    q0: float,
+    bfactor: float = 0.0,
+    scale: float = 1.0,
+    phase_shift_deg: float = 0.0,
 ) -> CtfConstants:
+    """K1..K5 from the microscope (kV, mm), amplitude contrast ``q0`` and phase shift (deg)."""
     lam = wavelength(voltage_kv)
     k1 = np.pi * lam
     k2 = np.pi / 2.0 * cs_mm * 1e7 * lam**3
@@ -39,16 +49,19 @@ def ctf_constants(
     return CtfConstants(k1, k2, np.deg2rad(phase_shift_deg) + k3, bfactor, scale)
 
 
-def astigmatism_form(defocus_u, defocus_v, angle_deg):
-    """(Axx, Axy, Ayy) with Δf(X, Y) = -(Axx X² + 2 Axy X Y + Ayy Y²)."""
+def astigmatism_form(
+    defocus_u: ArrayLike, defocus_v: ArrayLike, angle_deg: ArrayLike
+) -> tuple[Float64Array, Float64Array, Float64Array]:
+    """(Axx, Axy, Ayy) with Δf(X, Y) = -(Axx X² + 2 Axy X Y + Ayy Y²); broadcast shapes."""
     a = np.deg2rad(np.asarray(angle_deg, float))
     c, s = np.cos(a), np.sin(a)
     u, v = np.asarray(defocus_u, float), np.asarray(defocus_v, float)
     return -(u * c * c + v * s * s), -(u - v) * c * s, -(u * s * s + v * c * c)
 
 
-def frequency_grid(s: int, pixel_size: float):
-    """Half-complex frequencies (X, Y) in 1/Å for a box of ``s`` px of ``pixel_size`` Å."""
+def frequency_grid(s: int, pixel_size: float) -> tuple[Float64Array, Float64Array]:
+    """Half-complex frequencies (X, Y) in 1/Å, each (s, s//2+1) float64, for a box of ``s``
+    px of ``pixel_size`` Å."""
     sh = s // 2 + 1
     x = np.arange(sh, dtype=np.float64)
     y = np.arange(s, dtype=np.float64)
@@ -58,6 +71,29 @@ def frequency_grid(s: int, pixel_size: float):
     return X, Y
 
 
+def ctf_phase(
+    X: Float64Array,
+    Y: Float64Array,
+    defocus_u: float,
+    defocus_v: float,
+    angle_deg: float,
+    const: CtfConstants,
+) -> Float64Array:
+    """The CTF's phase γ at frequencies (X, Y) (1/Å, same shape), without Zernike offsets.
+
+    γ = -πλΔf(X, Y) + (π/2)Cs λ³ |k|⁴ - φ - atan(Q0/√(1-Q0²)), in that order of
+    operations (RELION's ``getGamma``), float64 of the shape of X.
+    """
+    axx, axy, ayy = astigmatism_form(defocus_u, defocus_v, angle_deg)
+    u2 = X * X + Y * Y
+    gamma: Float64Array = (
+        const.k1 * (axx * X * X + 2.0 * axy * X * Y + ayy * Y * Y)
+        + const.k2 * u2 * u2
+        - const.phase
+    )
+    return gamma
+
+
 def ctf_image(
     s: int,
     pixel_size: float,
@@ -65,21 +101,16 @@ def ctf_image(
     defocus_v: float,
     angle_deg: float,
     const: CtfConstants,
-    gamma_offset: np.ndarray | None = None,
-) -> np.ndarray:
+    gamma_offset: Float64Array | None = None,
+) -> Float32Array:
     """CTF = -sin(γ)·exp(-B k²/4)·scale on the (s, s//2+1) grid, as float32.
 
-    γ = -πλΔf + (π/2)Cs λ³ k⁴ - φ - atan(Q0/√(1-Q0²)) (+ even-Zernike offset).
+    γ is :func:`ctf_phase` (+ the even-Zernike offset ``gamma_offset`` (s, s//2+1)).
     Values with |CTF| < 1e-8 become ±1e-8 (0 counts as positive), as in RELION.
     """
     X, Y = frequency_grid(s, pixel_size)
-    axx, axy, ayy = astigmatism_form(defocus_u, defocus_v, angle_deg)
+    gamma = ctf_phase(X, Y, defocus_u, defocus_v, angle_deg, const)
     u2 = X * X + Y * Y
-    gamma = (
-        const.k1 * (axx * X * X + 2.0 * axy * X * Y + ayy * Y * Y)
-        + const.k2 * u2 * u2
-        - const.phase
-    )
     if gamma_offset is not None:
         gamma = gamma + gamma_offset
     ctf = -np.sin(gamma) * np.exp(-const.bfactor / 4.0 * u2) * const.scale
@@ -88,28 +119,40 @@ def ctf_image(
     return ctf.astype(np.float32)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TiltCtfTerms:
+    """The particle-independent parts of one tilt's CTF (see :func:`tilt_ctf_terms`).
+
+    G is the number of optics groups with their own even-Zernike offset (1 without).
+    """
+
+    sin_g0: Float64Array  # (G, s, s//2+1) sin γ0
+    cos_g0: Float64Array  # (G, s, s//2+1) cos γ0
+    u2_unit: float  # |k|² in 1/Å² per unit of x² + ky²: 1/(s·pixel size)²
+    envelope: Float64Array  # (s, s//2+1) exp(-B|k|²/4)·scale
+
+
 def tilt_ctf_terms(s: int, pixel_size: float, defocus_u: float, defocus_v: float, angle_deg: float,
-                   const: CtfConstants, gamma_offset: np.ndarray | None = None):  # fmt: skip
+                   const: CtfConstants, gamma_offset: Float64Array | None = None,
+                   ) -> TiltCtfTerms:  # fmt: skip
     """The particle-independent parts of one tilt's CTF on the (s, s//2+1) grid.
 
     Adding Δz to both defoci changes γ by -π·λ·Δz·u², and u² = (x² + ky²)·u2_unit on
     this grid, so per particle only ``beta = const.k1 * Δz`` is needed:
-    γ = gamma0 - beta·(x² + ky²)·u2_unit.  ``gamma0`` enters only through its sine and
-    cosine (the per-particle part is then a rotation, see ``extraction.finish_slices``):
-    returns (sin γ0, cos γ0, u2_unit, envelope) with sin/cos of shape (G, s, sh), one per
-    optics group's even-Zernike offset (G, s, sh) or G = 1 without offsets, and
-    envelope = exp(-B u²/4)·scale.
+    γ = gamma0 - beta·(x² + ky²)·u2_unit.  ``gamma0`` (:func:`ctf_phase`) enters only
+    through its sine and cosine (the per-particle part is then a rotation, see
+    ``extraction.finish_slices``): one (s, sh) pair per optics group's even-Zernike
+    offset in ``gamma_offset`` (G, s, sh), or G = 1 without offsets (None or empty).
     """
     X, Y = frequency_grid(s, pixel_size)
-    axx, axy, ayy = astigmatism_form(defocus_u, defocus_v, angle_deg)
+    gamma0 = ctf_phase(X, Y, defocus_u, defocus_v, angle_deg, const)[None]
     u2 = X * X + Y * Y
-    gamma0 = (
-        const.k1 * (axx * X * X + 2.0 * axy * X * Y + ayy * Y * Y)
-        + const.k2 * u2 * u2
-        - const.phase
-    )[None]
     if gamma_offset is not None and len(gamma_offset):
         gamma0 = gamma0 + gamma_offset
     envelope = np.exp(-const.bfactor / 4.0 * u2) * const.scale
-    u2_unit = 1.0 / (s * pixel_size) ** 2
-    return np.sin(gamma0), np.cos(gamma0), u2_unit, np.ascontiguousarray(envelope)
+    return TiltCtfTerms(
+        sin_g0=np.sin(gamma0),
+        cos_g0=np.cos(gamma0),
+        u2_unit=1.0 / (s * pixel_size) ** 2,
+        envelope=np.ascontiguousarray(envelope),
+    )

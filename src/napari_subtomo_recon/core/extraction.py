@@ -14,22 +14,37 @@ Windows are batched: one tilt image, many particles.  Kernels release the GIL.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.fft as sfft
 from numba import njit, prange
+from numpy.typing import ArrayLike, NDArray
+
+from .arraytypes import (
+    Complex64Array,
+    Complex128Array,
+    Float32Array,
+    Float64Array,
+    Int32Array,
+    Int64Array,
+)
+from .ctf import TiltCtfTerms
 
 EDGE_FALLOFF = 5.0
 
+_Complex = TypeVar("_Complex", bound=np.complexfloating[Any, Any])
+
 
 @njit(cache=True, nogil=True, inline="always")
-def _c_round(v):
+def _c_round(v: float) -> float:
     # C round(): halves away from zero
     return math.floor(v + 0.5) if v >= 0 else -math.floor(-v + 0.5)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _chord(dy2, rad2, c, w):
+def _chord(dy2: float, rad2: float, c: float, w: int) -> tuple[int, int]:
     """First and last column k (0 <= k < w) with (k - c)² + dy2 <= rad2 (empty: a > b).
 
     Found with a square root and then settled with the exact predicate, so that the
@@ -48,7 +63,11 @@ def _chord(dy2, rad2, c, w):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _edge_pixel(dest, row, k, half, w, a, b, ccx, dy2, rad, rad2, falloff, mean_out):
+def _edge_pixel(dest: Float32Array, row: Float32Array, k: int, half: int, w: int, a: int, b: int,
+                ccx: float, dy2: float, rad: float, rad2: float, falloff: float,
+                mean_out: float) -> None:  # fmt: skip
+    # one pixel k of the window row ``row`` outside the inner circle, into ``dest``
+    # (the ifftshifted output row): zero outside the chord [a, b], else the cosine edge
     kk = k - half if k >= half else k + w - half
     if k < a or k > b:
         dest[kk] = 0.0
@@ -62,17 +81,49 @@ def _edge_pixel(dest, row, k, half, w, a, b, ccx, dy2, rad, rad2, falloff, mean_
         dest[kk] = 0.0
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def extract_windows(img, cx, cy, w, circle_crop, out, falloff, mdx, mdy):
-    """Cut ``w``×``w`` windows around (cx, cy) into ``out`` (n, w, w), already ifftshifted.
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WindowCentres:
+    """Where n windows are cut out of one image, in pixels of that image."""
+
+    x: Float64Array  # (n,) window centre, column (before rounding)
+    y: Float64Array  # (n,) window centre, row
+    circle_dx: Float64Array  # (n,) the crop circle's centre minus the window centre, x
+    circle_dy: Float64Array  # (n,) and y: 0 on RELION's path
+
+
+def extract_windows(
+    img: Float32Array,
+    centres: WindowCentres,
+    *,
+    out: Float32Array,
+    circle_crop: bool,
+    falloff: float,
+) -> None:
+    """Cut w×w windows around ``centres`` of ``img`` (H, W) into ``out`` (n, w, w) float32,
+    already ifftshifted.
 
     The window origin is ``round(c) - w//2`` (C rounding); out-of-image pixels are
     clamped to the nearest edge pixel.  With ``circle_crop`` the mean of the
     pixels outside radius ``w//2`` is subtracted and a raised-cosine edge of
     ``falloff`` px (RELION: 5) applied inside that radius.  The circle is centred
-    (mdx, mdy) px from the window centre: 0 for RELION's path; the fast path uses it
-    to put the circle where RELION's would be.
+    (circle_dx, circle_dy) px from the window centre: 0 for RELION's path; the fast path
+    uses it to put the circle where RELION's would be.
     """
+    n, w, w2 = out.shape
+    if w != w2 or centres.x.shape != (n,) or img.ndim != 2:
+        raise ValueError(
+            f"windows must be (n, w, w) for n centres and the image 2-D, got {out.shape}, "
+            f"{centres.x.shape} centres and an image of shape {img.shape}"
+        )
+    _extract_windows(img, centres.x, centres.y, w, circle_crop, out, falloff,
+                     centres.circle_dx, centres.circle_dy)  # fmt: skip
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _extract_windows(img: Float32Array, cx: Float64Array, cy: Float64Array, w: int,
+                     circle_crop: bool, out: Float32Array, falloff: float, mdx: Float64Array,
+                     mdy: Float64Array) -> None:  # fmt: skip
+    """The kernel of :func:`extract_windows` (``mdx``, ``mdy``: the circle offsets)."""
     H, W = img.shape
     n = cx.shape[0]
     half = w // 2
@@ -136,7 +187,7 @@ def extract_windows(img, cx, cy, w, circle_crop, out, falloff, mdx, mdy):
                 _edge_pixel(dest, row, k, half, w, a, b, ccx, dy2, rad, rad2, falloff, mean_out)
 
 
-def window_origins(cx, cy, w):
+def window_origins(cx: ArrayLike, cy: ArrayLike, w: int) -> tuple[Float64Array, Float64Array]:
     """Integer window origins (round(c) - w//2) as float arrays, as RELION stores them."""
     from .geometry import c_round
 
@@ -144,7 +195,7 @@ def window_origins(cx, cy, w):
 
 
 @njit(cache=True, nogil=True)
-def crop_rows(h0, h1):
+def crop_rows(h0: int, h1: int) -> Int64Array:
     """Rows of an FFTW half-complex array of height h0 kept when cropping to height h1."""
     rows = np.empty(h1, np.int64)
     for y in range(h1):
@@ -152,7 +203,7 @@ def crop_rows(h0, h1):
     return rows
 
 
-def fourier_crop(F: np.ndarray, factor: float) -> np.ndarray:
+def fourier_crop(F: NDArray[_Complex], factor: float) -> NDArray[_Complex]:
     """RELION's ``FourierCrop_fftwHalfStack`` on (..., h0, wh0): keep low frequencies.
 
     ``w1 = round(w0/factor)`` with ``w0 = 2(wh0-1)`` and ``h1 = round(h0/factor)``
@@ -163,7 +214,8 @@ def fourier_crop(F: np.ndarray, factor: float) -> np.ndarray:
     w1 = int(w0 / factor + 0.5)
     h1 = int(h0 / factor + 0.5)
     rows = crop_rows(h0, h1)
-    return F[..., rows, : w1 // 2 + 1]
+    cropped: NDArray[_Complex] = F[..., rows, : w1 // 2 + 1]
+    return cropped
 
 
 def cropped_width(window: int, binning: float) -> int:
@@ -179,8 +231,9 @@ def cropped_width(window: int, binning: float) -> int:
     return int(w0 / binning + 0.5) // 2 + 1
 
 
-def shift_phase(s: int, tx, ty) -> np.ndarray:
-    """exp(+2πi (kx tx / w + ky ty / h)) on the (s, s//2+1) grid for a batch of shifts."""
+def shift_phase(s: int, tx: ArrayLike, ty: ArrayLike) -> Complex64Array:
+    """exp(+2πi (kx tx / w + ky ty / h)) on the (s, s//2+1) grid for shifts of shape (...):
+    (..., s, s//2+1) complex64."""
     sh = s // 2 + 1
     w = 2 * (sh - 1)
     kx = np.arange(sh, dtype=np.float64)
@@ -189,13 +242,15 @@ def shift_phase(s: int, tx, ty) -> np.ndarray:
     tx = np.asarray(tx, float)[..., None, None]
     ty = np.asarray(ty, float)[..., None, None]
     phi = 2 * np.pi * tx / w * kx[None, :] + 2 * np.pi * ty / s * ky[:, None]
-    return np.exp(1j * phi).astype(np.complex64)
+    phase: Complex64Array = np.exp(1j * phi).astype(np.complex64)
+    return phase
 
 
 @njit(cache=True, nogil=True)
-def rotation_table(theta, M, out):
-    """out[m] = (cos mθ, sin mθ) for m = 0..M: exact every 64 entries, a rotation by θ
-    in between (error ~64 ulp) instead of a sine and a cosine per entry."""
+def rotation_table(theta: float, M: int, out: Float64Array) -> None:
+    """out[m] = (cos mθ, sin mθ) for m = 0..M (``out`` (>= M+1, 2) float64): exact every 64
+    entries, a rotation by θ in between (error ~64 ulp) instead of a sine and a cosine per
+    entry."""
     wc = math.cos(theta)
     ws = math.sin(theta)
     c = 1.0
@@ -210,40 +265,58 @@ def rotation_table(theta, M, out):
         out[m, 1] = s
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FourierCrop:
+    """How the transforms of the windows are cropped to the output box s."""
+
+    rows: Int64Array  # (s,) the window spectrum's row for each output row (:func:`crop_rows`)
+    ncols: int  # columns taken from the spectrum (<= s//2+1; :func:`cropped_width`)
+    inv_bin: float  # 1/bin: the factor on the cropped values
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SliceTerms:
+    """Per-slice values of a batch of n slices of one tilt (sh = s//2+1)."""
+
+    ex: Complex128Array  # (n, sh) x factor of the sub-pixel shift (:func:`shift_factors`)
+    ey: Complex128Array  # (n, s) y factor of the sub-pixel shift
+    beta: Float64Array  # (n,) π·λ·Δz for the slice's depth-dependent defocus offset Δz
+    group: Int64Array  # (n,) 0-based optics group
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TiltFilters:
+    """What multiplies every slice of one tilt besides the CTF (sh = s//2+1)."""
+
+    dose: Float32Array  # (s, sh) the tilt's dose weights
+    x_ranges: Int32Array  # (s,) data for x < x_ranges[y] only (the dose cut-off)
+    odd: Complex128Array  # (G, s, sh) exp(-i·odd Zernike phase) per optics group, or (0, 1, 1)
+    noise: Float32Array  # (s, sh) the whitening filter, or (0, 1)
+
+
 def finish_slices(
-    F,
-    rows,
-    ncols,
-    inv_bin,
-    ex,
-    ey,
-    sin_g0,
-    cos_g0,
-    u2_unit,
-    envelope,
-    beta,
-    odd,
-    group,
-    dose,
-    xr,
-    noise,
-    do_ctf,
-    sign,
-    out,
-):
+    spectra: Complex64Array,
+    *,
+    crop: FourierCrop,
+    slices: SliceTerms,
+    ctf: TiltCtfTerms,
+    filters: TiltFilters,
+    do_ctf: bool,
+    sign: float,
+    out: Float32Array,
+) -> None:
     """Fourier crop, 1/bin, sub-pixel shift, CTF·dose premultiplication for a batch of slices.
 
-    All slices come from one tilt (see :func:`~.ctf.tilt_ctf_terms` for ``sin_g0``,
-    ``cos_g0`` (G, s, sh), ``u2_unit`` and ``envelope``; ``dose`` and ``xr`` are that
-    tilt's).  Per slice i: the shift phase ``ex[i, x]·ey[i, y]`` (see
-    :func:`shift_factors`), ``beta[i]`` = π·λ·Δz for its depth-dependent defocus
-    offset Δz, and the optics ``group`` picking sin/cos γ0 (when G > 1) and the odd
-    Zernike factor ``odd`` (G, s, sh) = exp(-i·phase), which may be empty.
-    ``noise`` (s, sh) is the whitening filter or empty.
+    ``spectra`` (n, win, >= ncols) complex64: the windows' unitary 2D transforms (only
+    the columns the crop keeps are read).  All slices come from one tilt: ``ctf`` holds
+    sin/cos γ0 (G, s, sh) (see :func:`~.ctf.tilt_ctf_terms`), ``filters`` the tilt's
+    dose weights, their cut-off, the whitening filter and the odd Zernike factors.  Per
+    slice i (``slices``): the shift phase ``ex[i, x]·ey[i, y]``, ``beta[i]`` and the
+    optics ``group`` picking sin/cos γ0 (when G > 1) and the odd Zernike factor (when
+    there are any).
 
     With γ = γ0 - beta·(x² + ky²)·u2_unit and CTF = -sin(γ)·envelope (|CTF| >= 1e-8):
-    data = sign·CTF·D·shift(crop(F))/bin for x < xr[y], else 0;
+    data = sign·CTF·D·shift(crop(F))/bin for x < x_ranges[y], else 0;
     weight = (CTF·D)² (or 1 everywhere without CTF, as RELION's --no_ctf).
     sin γ = sin γ0·cos θ - cos γ0·sin θ with θ = beta·u2_unit·m, m = x² + ky² an
     integer: one table of (cos mθ, sin mθ) per slice (:func:`rotation_table`) instead
@@ -252,9 +325,42 @@ def finish_slices(
     ``out`` (n, s+1, sh+1, 4) float32 receives [Re data, Im data, weight, 0] per
     sample, the layout the insertion reads (see :func:`~.insertion.packed_slices`):
     row s repeats row 0 and column sh repeats column sh-2.
-    ``ncols`` columns come from ``F``; beyond them the cropped data are zero (RELION's
-    odd-window case, see :func:`cropped_width`).
+    ``crop.ncols`` columns come from ``spectra``; beyond them the cropped data are zero
+    (RELION's odd-window case, see :func:`cropped_width`).
     """
+    n = spectra.shape[0]
+    s, sh = out.shape[1] - 1, out.shape[2] - 1
+    if (
+        out.shape != (n, s + 1, sh + 1, 4)
+        or slices.ex.shape != (n, sh)
+        or slices.ey.shape != (n, s)
+        or slices.beta.shape != (n,)
+        or slices.group.shape != (n,)
+        or crop.rows.shape != (s,)
+        or filters.dose.shape != (s, sh)
+        or filters.x_ranges.shape != (s,)
+    ):
+        raise ValueError(
+            f"finish_slices: {n} spectra into {out.shape}: shifts {slices.ex.shape}, "
+            f"{slices.ey.shape}, beta {slices.beta.shape}, group {slices.group.shape}, "
+            f"rows {crop.rows.shape}, dose {filters.dose.shape}, x ranges "
+            f"{filters.x_ranges.shape} do not fit"
+        )
+    _finish_slices(
+        spectra, crop.rows, crop.ncols, crop.inv_bin, slices.ex, slices.ey, ctf.sin_g0,
+        ctf.cos_g0, ctf.u2_unit, ctf.envelope, slices.beta, filters.odd, slices.group,
+        filters.dose, filters.x_ranges, filters.noise, do_ctf, sign, out,
+    )  # fmt: skip
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _finish_slices(F: Complex64Array, rows: Int64Array, ncols: int, inv_bin: float,
+                   ex: Complex128Array, ey: Complex128Array, sin_g0: Float64Array,
+                   cos_g0: Float64Array, u2_unit: float, envelope: Float64Array,
+                   beta: Float64Array, odd: Complex128Array, group: Int64Array,
+                   dose: Float32Array, xr: Int32Array, noise: Float32Array, do_ctf: bool,
+                   sign: float, out: Float32Array) -> None:  # fmt: skip
+    """The kernel of :func:`finish_slices`, the records' arrays passed one by one."""
     n = F.shape[0]
     s = out.shape[1] - 1
     sh = out.shape[2] - 1
@@ -316,7 +422,9 @@ def finish_slices(
         out[i, s] = out[i, 0]
 
 
-def shift_factors(s: int, w: int, tx, ty) -> tuple[np.ndarray, np.ndarray]:
+def shift_factors(
+    s: int, w: int, tx: ArrayLike, ty: ArrayLike
+) -> tuple[Complex128Array, Complex128Array]:
     """exp(2πi·kx·tx/w) (n, s//2+1) and exp(2πi·ky·ty/s) (n, s): a separable phase shift.
 
     ``w`` is the width RELION's shift uses (2·(cropped columns - 1)).
@@ -359,14 +467,14 @@ def _fast_size(n: int, multiple: int) -> int:
 
     Sizes with large prime factors make the FFT many times slower (4868 = 4·1217).
     """
-    m = sfft.next_fast_len(n, real=True)
+    m: int = sfft.next_fast_len(n, real=True)
     while m % multiple:
         m = sfft.next_fast_len(m + 1, real=True)
     return m
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _edge_pad(img, Hp, Wp, pad):
+def _edge_pad(img: Float32Array, Hp: int, Wp: int, pad: int) -> Float32Array:
     """``np.pad(img, ..., mode="edge")`` to (Hp, Wp) with ``pad`` rows/columns before: one
     pass instead of numpy's copy and four edge fills."""
     H, W = img.shape
@@ -383,15 +491,15 @@ def _edge_pad(img, Hp, Wp, pad):
 
 
 def bin_image(
-    img: np.ndarray, num: int, den: int, margin: int = 0, workers: int = 1
-) -> tuple[np.ndarray, int]:
-    """Fourier-bin a whole image by the rational factor num/den (>= 1).
+    img: NDArray[Any], num: int, den: int, margin: int = 0, workers: int = 1
+) -> tuple[Float32Array, int]:
+    """Fourier-bin a whole image (H, W) of any real dtype by the rational factor num/den (>= 1).
 
     The image is first padded with its edge values by at least ``margin`` px on every
     side (RELION clamps windows at the image edges; padding keeps the periodic FFT
     from wrapping one edge into the other) and to a multiple of ``num``, so the
     binned size is exact; values are scaled by den/num to keep grey levels.
-    Returns (binned image, pad): unbinned position c maps to (c + pad)·den/num.
+    Returns (binned image float32, pad): unbinned position c maps to (c + pad)·den/num.
     """
     if num == den:
         return np.ascontiguousarray(img, dtype=np.float32), 0

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .arraytypes import Float64Array
 
 
-def fsc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """FSC per integer shell 0..n/2 (shell i holds round(|k|) == i) of two cubic maps."""
+def fsc(a: NDArray[Any], b: NDArray[Any]) -> Float64Array:
+    """FSC per integer shell 0..n/2 (shell i holds round(|k|) == i) of two cubic maps
+    (n, n, n) of a real dtype: (n//2+1,) float64."""
     n = a.shape[0]
     A = np.fft.rfftn(a.astype(np.float64))
     B = np.fft.rfftn(b.astype(np.float64))
@@ -23,10 +29,11 @@ def fsc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     da = np.bincount(shell, np.abs(A) ** 2, minlength=nsh)
     db = np.bincount(shell, np.abs(B) ** 2, minlength=nsh)
     den = np.sqrt(da * db)
-    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    curve: Float64Array = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    return curve
 
 
-def resolution_at(curve: np.ndarray, threshold: float, voxel_size: float) -> float | None:
+def resolution_at(curve: ArrayLike, threshold: float, voxel_size: float) -> float | None:
     """Resolution (Å) where the curve first drops below ``threshold`` (linear interpolation).
 
     Shell i of an n-voxel box is the frequency i / (n · voxel_size).  Returns the
@@ -45,7 +52,7 @@ def resolution_at(curve: np.ndarray, threshold: float, voxel_size: float) -> flo
     return float(2.0 * voxel_size)
 
 
-def shell_resolutions(n_shells: int, box: int, voxel_size: float) -> np.ndarray:
+def shell_resolutions(n_shells: int, box: int, voxel_size: float) -> Float64Array:
     """Resolution (Å) of each shell; shell 0 is infinite."""
     i = np.arange(n_shells, dtype=np.float64)
     with np.errstate(divide="ignore"):

@@ -7,15 +7,21 @@ Vectorised over leading axes: pass arrays of angles, get stacks of matrices.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
+
+from .arraytypes import BoolArray, Float64Array, TiltSeriesLike
 
 
-def _cs(angle_deg):
+def _cs(angle_deg: ArrayLike) -> tuple[Float64Array, Float64Array]:
     a = np.deg2rad(np.asarray(angle_deg, dtype=np.float64))
     return np.cos(a), np.sin(a)
 
 
-def rot_x(angle_deg) -> np.ndarray:
+def rot_x(angle_deg: ArrayLike) -> Float64Array:
+    """Rotation about x by ``angle_deg`` of shape (...): (..., 3, 3)."""
     c, s = _cs(angle_deg)
     o, z = np.ones_like(c), np.zeros_like(c)
     return np.stack(
@@ -23,7 +29,8 @@ def rot_x(angle_deg) -> np.ndarray:
     )
 
 
-def rot_y(angle_deg) -> np.ndarray:
+def rot_y(angle_deg: ArrayLike) -> Float64Array:
+    """Rotation about y by ``angle_deg`` of shape (...): (..., 3, 3)."""
     c, s = _cs(angle_deg)
     o, z = np.ones_like(c), np.zeros_like(c)
     return np.stack(
@@ -31,7 +38,8 @@ def rot_y(angle_deg) -> np.ndarray:
     )
 
 
-def rot_z(angle_deg) -> np.ndarray:
+def rot_z(angle_deg: ArrayLike) -> Float64Array:
+    """Rotation about z by ``angle_deg`` of shape (...): (..., 3, 3)."""
     c, s = _cs(angle_deg)
     o, z = np.ones_like(c), np.zeros_like(c)
     return np.stack(
@@ -39,18 +47,21 @@ def rot_z(angle_deg) -> np.ndarray:
     )
 
 
-def rotation_about_axis(axis, angle_deg) -> np.ndarray:
-    """Active right-handed rotation about a unit axis (Rodrigues)."""
+def rotation_about_axis(axis: ArrayLike, angle_deg: float) -> Float64Array:
+    """Active right-handed rotation (3, 3) about the axis (3,) (Rodrigues)."""
     n = np.asarray(axis, dtype=np.float64)
     n = n / np.linalg.norm(n)
     c, s = _cs(angle_deg)
     nnt = np.outer(n, n)
     cross = np.array([[0, -n[2], n[1]], [n[2], 0, -n[0]], [-n[1], n[0], 0]])
-    return nnt + c * (np.eye(3) - nnt) + s * cross
+    r: Float64Array = nnt + c * (np.eye(3) - nnt) + s * cross
+    return r
 
 
-def euler_matrix(rot, tilt, psi) -> np.ndarray:
+def euler_matrix(rot: ArrayLike, tilt: ArrayLike, psi: ArrayLike) -> Float64Array:
     """RELION's ZYZ Euler matrix E(rot, tilt, psi) = Rz(-psi) Ry(-tilt) Rz(-rot).
+
+    Angles of a common shape (...) give (..., 3, 3).
 
     It maps reference (map) coordinates into the rotated frame (``src/euler.cpp``).
     """
@@ -70,9 +81,18 @@ def euler_matrix(rot, tilt, psi) -> np.ndarray:
 
 
 def projection_matrix_r5(
-    xtilt, ytilt, zrot, xshift_px, yshift_px, tomo_size, image_size
-) -> np.ndarray:
+    xtilt: ArrayLike,
+    ytilt: ArrayLike,
+    zrot: ArrayLike,
+    xshift_px: ArrayLike,
+    yshift_px: ArrayLike,
+    tomo_size: Sequence[float],
+    image_size: Sequence[float],
+) -> Float64Array:
     """RELION 5 projection matrices P_f (fc, 4, 4) from tilt angles and shifts (spec §2.1).
+
+    Angles (deg) and shifts (px) are (fc,) or scalars; ``tomo_size`` (w0, h0, d0) and
+    ``image_size`` (W, H) in unbinned pixels.
 
     P = T(shift + floor(image/2)) · Rz(zrot) · Ry(ytilt) · Rx(xtilt) · T(-floor(tomo/2)).
     """
@@ -96,22 +116,35 @@ def projection_matrix_r5(
     return P
 
 
-def project(P: np.ndarray, points: np.ndarray) -> np.ndarray:
+def project(P: Float64Array, points: Float64Array) -> Float64Array:
     """Apply 4x4 projection(s) to 3D point(s); returns the first three rows (x, y, depth).
 
     ``P`` is (..., 4, 4) and ``points`` (..., 3) with broadcasting.
     """
-    return np.einsum("...ij,...j->...i", P[..., :3, :3], points) + P[..., :3, 3]
+    xyz: Float64Array = np.einsum("...ij,...j->...i", P[..., :3, :3], points) + P[..., :3, 3]
+    return xyz
 
 
-def particle_positions(coords_px, origins_ang, A_sub, pixel_size) -> np.ndarray:
-    """pos = p0 - A_sub · origin / px (spec §2.3): origins are in the subtomogram frame."""
+def particle_positions(
+    coords_px: ArrayLike, origins_ang: ArrayLike, A_sub: Float64Array, pixel_size: ArrayLike
+) -> Float64Array:
+    """pos = p0 - A_sub · origin / px (spec §2.3): origins are in the subtomogram frame.
+
+    ``coords_px`` (n, 3) px, ``origins_ang`` (n, 3) Å, ``A_sub`` (n, 3, 3), ``pixel_size``
+    (n,) Å; returns (n, 3) px.
+    """
     offs = np.einsum("...ij,...j->...i", A_sub, np.asarray(origins_ang, float))
-    return np.asarray(coords_px, float) - offs / np.asarray(pixel_size, float)[..., None]
+    pos: Float64Array = (
+        np.asarray(coords_px, float) - offs / np.asarray(pixel_size, float)[..., None]
+    )
+    return pos
 
 
-def visible(c2: np.ndarray, image_size, radius: float) -> np.ndarray:
-    """Strict inside test of the projected centres with a margin ``radius`` (spec §3.2)."""
+def visible(c2: Float64Array, image_size: Sequence[float], radius: float) -> BoolArray:
+    """Strict inside test of the projected centres with a margin ``radius`` (spec §3.2).
+
+    ``c2`` (..., 2) px, ``image_size`` (W, H); returns (...) bool.
+    """
     W, H = image_size
     return (
         (c2[..., 0] > radius)
@@ -121,21 +154,23 @@ def visible(c2: np.ndarray, image_size, radius: float) -> np.ndarray:
     )
 
 
-def depth_offsets(P: np.ndarray, pos: np.ndarray, centre: np.ndarray) -> np.ndarray:
+def depth_offsets(P: Float64Array, pos: ArrayLike, centre: ArrayLike) -> Float64Array:
     """Depth of each particle relative to the tomogram centre, per frame: (n, fc) px.
 
     ``P`` is (fc, 4, 4), ``pos`` (n, 3); only the third row of P matters.
     """
-    return (np.asarray(pos, float) - np.asarray(centre, float)) @ P[:, 2, :3].T
+    depth: Float64Array = (np.asarray(pos, float) - np.asarray(centre, float)) @ P[:, 2, :3].T
+    return depth
 
 
-def c_round(x):
-    """C ``round``: halves away from zero (NumPy's ``round`` goes to even)."""
-    x = np.asarray(x, dtype=np.float64)
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+def c_round(x: ArrayLike) -> Float64Array:
+    """C ``round``: halves away from zero (NumPy's ``round`` goes to even); float64."""
+    a = np.asarray(x, dtype=np.float64)
+    r: Float64Array = np.sign(a) * np.floor(np.abs(a) + 0.5)
+    return r
 
 
-def tilt_projections(ts) -> np.ndarray:
+def tilt_projections(ts: TiltSeriesLike) -> Float64Array:
     """P_f (fc, 4, 4) of a :class:`~napari_subtomo_recon.io.tomograms.TiltSeries`.
 
     RELION 4 matrices, when present, take precedence over the RELION 5 angles.
@@ -143,6 +178,8 @@ def tilt_projections(ts) -> np.ndarray:
     if ts.r4_projection is not None:
         return np.array(ts.r4_projection, dtype=np.float64)
     a, sh = ts.tilt_angles, ts.shifts_angst
+    if a is None or sh is None:
+        raise ValueError("a tilt series needs RELION 4 matrices or RELION 5 angles and shifts")
     return projection_matrix_r5(
         a[:, 0],
         a[:, 1],

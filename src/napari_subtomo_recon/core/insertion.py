@@ -17,16 +17,56 @@ path adds every sample to the double-precision accumulators directly.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numba
 import numpy as np
 from numba import njit, prange
+from numpy.typing import ArrayLike, NDArray
+
+from .arraytypes import Complex128Array, Float32Array, Float64Array, Int64Array
 
 PLANES_PER_BLOCK = 1
 
+# the planes the slice kernels add to: the accumulators (complex128, float64) or the
+# single-precision scratch of ``_insert_batch_single`` (complex64, float32)
+ComplexArray = NDArray[np.complexfloating]
+RealArray = NDArray[np.floating]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Accumulators:
+    """Fourier data and weights per half set: (2, s, s, s//2+1) [half, z, y, x]."""
+
+    data: Complex128Array  # complex128
+    weight: Float64Array  # float64
+
+    @classmethod
+    def zeros(cls, box: int) -> Accumulators:
+        sh = box // 2 + 1
+        return cls(
+            data=np.zeros((2, box, box, sh), np.complex128), weight=np.zeros((2, box, box, sh))
+        )
+
+    @staticmethod
+    def nbytes(box: int) -> int:
+        """Bytes of the accumulators of a box of ``box`` voxels."""
+        return 2 * box * box * (box // 2 + 1) * 24
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SliceBatch:
+    """n prepared slices and where each goes (s: the box, sh = s//2+1)."""
+
+    packed: Float32Array  # (n, s+1, sh+1, 4) [Re, Im, weight, 0] (:func:`packed_slices`)
+    Q: Float64Array  # (n, 3, 3) slice matrices (B^-1)^T (:func:`slice_matrices`)
+    max_freq: Int64Array  # (n,) radius in voxels up to which a slice is inserted
+    half: Int64Array  # (n,) half set, 0 or 1
+
 
 @njit(cache=True, nogil=True, inline="always")
-def _sample(S, qx, qy, h, D, W, z, y, x, c):
+def _sample(S: Float32Array, qx: float, qy: float, h: int, D: ComplexArray,
+            W: RealArray, z: int, y: int, x: int, c: float) -> None:  # fmt: skip
     # S: (h+1, wh+1, 4) float32 [re, im, w, 0]; row h repeats row 0 (y wraps), column wh
     # repeats column wh-2 (RELION's last-column quirk)
     sg = 1.0 if qx >= 0.0 else -1.0
@@ -55,7 +95,7 @@ def _sample(S, qx, qy, h, D, W, z, y, x, c):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _isqrt(v):
+def _isqrt(v: int) -> int:
     """The largest integer r with r² <= v (v >= 0), exactly, whatever sqrt's rounding."""
     r = int(math.sqrt(v))
     while (r + 1) * (r + 1) <= v:
@@ -66,7 +106,7 @@ def _isqrt(v):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _range(lo_num, hi_num, den):
+def _range(lo_num: float, hi_num: float, den: float) -> tuple[int, int]:
     """Integers v with lo_num < v*den < hi_num (as a closed candidate range); den != 0."""
     a = lo_num / den
     b = hi_num / den
@@ -77,17 +117,20 @@ def _range(lo_num, hi_num, den):
 
 
 @njit(cache=True, nogil=True)
-def insert_slice_planes(S, Q, R, D, W, zlo, zhi, z0):
+def insert_slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
+                        W: RealArray, zlo: int, zhi: int, z0: int) -> None:  # fmt: skip
     """Insert one slice into the planes of signed frequency zlo..zhi (inclusive) of D, W.
 
-    ``D[k]``, ``W[k]`` hold the plane of index ``z0 + k`` (0 for whole volumes).  See
+    ``S`` (s+1, sh+1, 4) packed, ``Q`` (3, 3), ``R`` the radius; ``D[k]``, ``W[k]``
+    (k, s, sh) hold the plane of index ``z0 + k`` (0 for whole volumes).  See
     :func:`_slice_planes`: RELION's voxels and arithmetic.
     """
     _slice_planes(S, Q, R, D, W, zlo, zhi, z0)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _insert_slice_planes_fast(S, Q, R, D, W, zlo, zhi, z0):
+def _insert_slice_planes_fast(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
+                              W: RealArray, zlo: int, zhi: int, z0: int) -> None:  # fmt: skip
     """:func:`insert_slice_planes` compiled with fast math (fused multiply-adds,
     reassociation) for the fast path, whose maps only have to agree with RELION's path
     by FSC; a voxel right at |q_z| = 1 may fall either way."""
@@ -95,7 +138,8 @@ def _insert_slice_planes_fast(S, Q, R, D, W, zlo, zhi, z0):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _slice_planes(S, Q, R, D, W, zlo, zhi, z0):
+def _slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
+                  W: RealArray, zlo: int, zhi: int, z0: int) -> None:  # fmt: skip
     """Insert one slice into the planes of signed frequency zlo..zhi (inclusive) of D, W.
 
     ``D[k]``, ``W[k]`` hold the plane of index ``z0 + k`` (0 for whole volumes).
@@ -192,7 +236,9 @@ def _slice_planes(S, Q, R, D, W, zlo, zhi, z0):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _insert_block(S, Q, max_freq, half, only, D, W, i0, i1, z0, fast):
+def _insert_block(S: Float32Array, Q: Float64Array, max_freq: Int64Array, half: Int64Array,
+                  only: int, D: ComplexArray, W: RealArray, i0: int, i1: int, z0: int,
+                  fast: bool) -> None:  # fmt: skip
     """Insert the slices (all, or those of half set ``only`` >= 0) into the planes of
     index i0..i1-1 of D[half], W[half], whose plane k holds index z0 + k; ``fast``: with
     :func:`_insert_slice_planes_fast`."""
@@ -220,7 +266,10 @@ def _insert_block(S, Q, max_freq, half, only, D, W, i0, i1, z0, fast):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _insert_batch(S, Q, max_freq, half, D, W, block, T):
+def _insert_batch(S: Float32Array, Q: Float64Array, max_freq: Int64Array, half: Int64Array,
+                  D: Complex128Array, W: Float64Array, block: int, T: int) -> None:  # fmt: skip
+    """Insert the batch into D, W (2, s, s, sh): T threads, each owning every T-th block of
+    ``block`` z planes."""
     s = D.shape[1]
     nb = (s + block - 1) // block
     for t in prange(T):
@@ -231,7 +280,9 @@ def _insert_batch(S, Q, max_freq, half, D, W, block, T):
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=True)
-def _insert_batch_single(S, Q, max_freq, half, D, W, block, T):
+def _insert_batch_single(S: Float32Array, Q: Float64Array, max_freq: Int64Array,
+                         half: Int64Array, D: Complex128Array, W: Float64Array, block: int,
+                         T: int) -> None:  # fmt: skip
     """``_insert_batch`` summing each block's share of the batch in single precision.
 
     Per thread, one half set's planes of the block are accumulated in complex64/float32
@@ -282,7 +333,7 @@ def _insert_batch_single(S, Q, max_freq, half, D, W, block, T):
                         Wp[:xe] = 0
 
 
-def packed_slices(data: np.ndarray, weight: np.ndarray) -> np.ndarray:
+def packed_slices(data: NDArray[np.complexfloating], weight: NDArray[np.floating]) -> Float32Array:
     """(n, s, sh) data and weights -> the (n, s+1, sh+1, 4) float32 layout the kernel reads.
 
     [Re, Im, weight, 0] per sample, so one bilinear corner is one 16-byte load; row s
@@ -302,13 +353,15 @@ def packed_slices(data: np.ndarray, weight: np.ndarray) -> np.ndarray:
 
 
 def insert_slices(
-    S, Q, max_freq, half, D, W, block: int = PLANES_PER_BLOCK, single: bool = False
+    batch: SliceBatch, acc: Accumulators, *, block: int = PLANES_PER_BLOCK, single: bool = False
 ) -> None:
-    """Insert packed slices S (n, s+1, s//2+2, 4) with matrices Q (n, 3, 3) into D, W.
+    """Insert a batch of packed slices into the accumulators (2, s, s, s//2+1).
 
-    D and W are (2, s, s, s//2+1): [half, z, y, x].  ``single``: sum this batch in
-    single precision before adding it to D, W (faster; see ``_insert_batch_single``).
+    ``block``: z planes per task.  ``single``: sum this batch in single precision before
+    adding it to the accumulators (faster; see ``_insert_batch_single``).
     """
+    S, Q, max_freq, half = batch.packed, batch.Q, batch.max_freq, batch.half
+    D, W = acc.data, acc.weight
     # the kernel does not check bounds: refuse mismatched shapes here
     n = S.shape[0]
     if D.ndim != 4 or D.shape[0] != 2 or W.shape != D.shape or D.shape[1] != D.shape[2]:
@@ -328,15 +381,25 @@ def insert_slices(
     )  # fmt: skip
 
 
-def insert_slice(data, weight, Q, max_freq, D, W) -> None:
-    """Insert one slice (s, sh) into one half set's D, W (s, s, sh)."""
+def insert_slice(
+    data: NDArray[np.complexfloating],
+    weight: NDArray[np.floating],
+    Q: ArrayLike,
+    max_freq: int,
+    D: Complex128Array,
+    W: Float64Array,
+) -> None:
+    """Insert one slice, data and weights (s, s//2+1), with matrix Q (3, 3) up to radius
+    ``max_freq`` into one half set's D, W (s, s, s//2+1)."""
     s = D.shape[0]
     S = packed_slices(np.asarray(data)[None], np.asarray(weight)[None])[0]
     insert_slice_planes(
-        S, np.ascontiguousarray(Q, np.float64), int(max_freq), D, W, -(s // 2), s // 2 - 1, 0
-    )
+        S, np.ascontiguousarray(Q, np.float64), int(max_freq), D, W,
+        zlo=-(s // 2), zhi=s // 2 - 1, z0=0,
+    )  # fmt: skip
 
 
-def slice_matrices(B: np.ndarray) -> np.ndarray:
-    """Q = (B^-1)^T for a stack of 3x3 matrices B (n, 3, 3)."""
-    return np.ascontiguousarray(np.transpose(np.linalg.inv(B), (0, 2, 1)))
+def slice_matrices(B: Float64Array) -> Float64Array:
+    """Q = (B^-1)^T (n, 3, 3) for a stack of 3x3 matrices B (n, 3, 3)."""
+    Q: Float64Array = np.ascontiguousarray(np.transpose(np.linalg.inv(B), (0, 2, 1)))
+    return Q

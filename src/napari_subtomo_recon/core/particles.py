@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
+from .arraytypes import BoolArray, Float64Array
 from .geometry import depth_offsets, euler_matrix, particle_positions, project, visible
 
 
@@ -16,19 +18,23 @@ class ParticleGeometry:
     n particles, fc frames; positions in unbinned tomogram pixels.
     """
 
-    pos: np.ndarray  # (n, 3) position incl. origin offsets (CTF depth, matrix translation)
-    centres2d: np.ndarray  # (n, fc, 2) projected trajectory: extraction centres
-    visible: np.ndarray  # (n, fc) bool
-    rotation: np.ndarray  # (n, 3, 3) A = A_sub · A_part
-    depth: np.ndarray  # (n, fc) depth of pos relative to the tomogram centre, px
+    pos: Float64Array  # (n, 3) position incl. origin offsets (CTF depth, matrix translation)
+    centres2d: Float64Array  # (n, fc, 2) projected trajectory: extraction centres
+    visible: BoolArray  # (n, fc) bool
+    rotation: Float64Array  # (n, 3, 3) A = A_sub · A_part
+    depth: Float64Array  # (n, fc) depth of pos relative to the tomogram centre, px
 
     @property
     def n(self) -> int:
-        return self.pos.shape[0]
+        n: int = self.pos.shape[0]
+        return n
 
 
-def rotations(angles, sub_angles, n: int):
-    """(A_part, A_sub): identity where the angles are absent."""
+def rotations(
+    angles: Float64Array | None, sub_angles: Float64Array | None, n: int
+) -> tuple[Float64Array, Float64Array]:
+    """(A_part, A_sub), each (n, 3, 3), from Euler angles (n, 3) in degrees: identity where
+    the angles are absent (None)."""
     eye = np.broadcast_to(np.eye(3), (n, 3, 3))
     a_part = euler_matrix(angles[:, 0], angles[:, 1], angles[:, 2]) if angles is not None else eye
     a_sub = (
@@ -40,22 +46,24 @@ def rotations(angles, sub_angles, n: int):
 
 
 def particle_geometry(
-    P: np.ndarray,
-    tomo_centre: np.ndarray,
+    P: Float64Array,
+    tomo_centre: Float64Array,
     tomo_pixel_size: float,
     image_size: tuple[int, int],
-    coords: np.ndarray,
+    coords: Float64Array,
     centred: bool,
-    particle_pixel_size: np.ndarray,
-    origins_angst: np.ndarray,
-    angles: np.ndarray | None,
-    sub_angles: np.ndarray | None,
+    particle_pixel_size: Float64Array,
+    origins_angst: Float64Array,
+    angles: Float64Array | None,
+    sub_angles: Float64Array | None,
     box: int,
-    trajectories: np.ndarray | None = None,
+    trajectories: Float64Array | None = None,
 ) -> ParticleGeometry:
     """Geometry of n particles in one tilt series with projections ``P`` (fc, 4, 4).
 
-    ``coords`` are centred Å (``centred``) or unbinned pixels; ``trajectories``
+    ``tomo_centre`` (3,) px; ``coords`` (n, 3) are centred Å (``centred``) or unbinned
+    pixels; ``particle_pixel_size`` (n,) Å; ``origins_angst`` (n, 3) Å; ``angles`` and
+    ``sub_angles`` (n, 3) Euler angles in degrees or None; ``trajectories``
     (n, fc, 3) are per-frame shifts in Å, added after conversion with the tilt
     series' pixel size.  Visibility uses the binned half box ``box/2`` as a margin
     in unbinned pixels, as RELION does.
@@ -83,8 +91,8 @@ def particle_geometry(
     )
 
 
-def subset(geo: ParticleGeometry, sel: np.ndarray) -> ParticleGeometry:
-    """The geometry of particles ``sel`` only."""
+def subset(geo: ParticleGeometry, sel: NDArray[np.intp] | BoolArray) -> ParticleGeometry:
+    """The geometry of particles ``sel`` (indices, or an (n,) mask) only."""
     return ParticleGeometry(
         pos=geo.pos[sel],
         centres2d=geo.centres2d[sel],

@@ -7,15 +7,21 @@ The operators come from :func:`.symmetry.symmetry_operators`.  Fourier arrays ar
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 from numba import njit, prange
+from numpy.typing import ArrayLike, NDArray
+
+from .arraytypes import Complex128Array, Float64Array
 
 __all__ = ["symmetrise_fourier"]
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _corners(xs, ys, zs, xdim, ydim, zdim):
+def _corners(xs: float, ys: float, zs: float, xdim: int, ydim: int, zdim: int,
+             ) -> tuple[int, int, int, int, int, int, float, float, float, bool]:  # fmt: skip
     """Shared index logic of ``linearXYZ_FftwHalf_*`` (quirks included)."""
     if xs > 0.0:
         xd, yd, zd = xs, ys, zs
@@ -53,18 +59,21 @@ def _corners(xs, ys, zs, xdim, ydim, zdim):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _trilinear(img, x0, x1, y0, y1, z0, z1, xf, yf, zf):
-    vx00 = (1 - xf) * img[z0, y0, x0] + xf * img[z0, y0, x1]
-    vx10 = (1 - xf) * img[z0, y1, x0] + xf * img[z0, y1, x1]
-    vx01 = (1 - xf) * img[z1, y0, x0] + xf * img[z1, y0, x1]
-    vx11 = (1 - xf) * img[z1, y1, x0] + xf * img[z1, y1, x1]
+def _trilinear(img: Float64Array, x0: int, x1: int, y0: int, y1: int, z0: int, z1: int,
+               xf: float, yf: float, zf: float) -> float:  # fmt: skip
+    vx00: float = (1 - xf) * img[z0, y0, x0] + xf * img[z0, y0, x1]
+    vx10: float = (1 - xf) * img[z0, y1, x0] + xf * img[z0, y1, x1]
+    vx01: float = (1 - xf) * img[z1, y0, x0] + xf * img[z1, y0, x1]
+    vx11: float = (1 - xf) * img[z1, y1, x0] + xf * img[z1, y1, x1]
     vxy0 = (1 - yf) * vx00 + yf * vx10
     vxy1 = (1 - yf) * vx01 + yf * vx11
     return (1 - zf) * vxy0 + zf * vxy1
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _symmetrise_kernel(d_re, d_im, wgt, mats, o_re, o_im, o_w):
+def _symmetrise_kernel(d_re: Float64Array, d_im: Float64Array, wgt: Float64Array,
+                       mats: Float64Array, o_re: Float64Array, o_im: Float64Array,
+                       o_w: Float64Array) -> None:  # fmt: skip
     # Real and imaginary parts are interpolated separately: the same float operations
     # as RELION's tComplex (scalar × complex never mixes the parts).
     d, h, wh = d_re.shape
@@ -106,8 +115,8 @@ def _symmetrise_kernel(d_re, d_im, wgt, mats, o_re, o_im, o_w):
 
 
 def symmetrise_fourier(
-    D: np.ndarray, W: np.ndarray, ops: np.ndarray, threads: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
+    D: NDArray[Any], W: NDArray[Any], ops: ArrayLike, threads: int = 1
+) -> tuple[Complex128Array, Float64Array]:
     """RELION's ``symmetrise_FS_complex`` (D) and ``symmetrise_FS_real`` (W).
 
     ``D`` complex and ``W`` real, both (d, h, w//2+1) [z, y, x] half-complex; ``ops``
@@ -132,7 +141,9 @@ def symmetrise_fourier(
     o_im = np.empty_like(d_re)
     o_w = np.empty_like(d_re)
     old = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    # NUMBA_NUM_THREADS is set when numba.config is loaded, invisible to mypy
+    top: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+    numba.set_num_threads(max(1, min(int(threads), top)))
     try:
         _symmetrise_kernel(d_re, d_im, wgt, np.ascontiguousarray(ops), o_re, o_im, o_w)
     finally:

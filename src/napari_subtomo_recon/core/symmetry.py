@@ -30,6 +30,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import InputError
+from .arraytypes import BoolArray, Float64Array, Int64Array
 
 __all__ = [
     "helical_matrices",
@@ -47,26 +48,26 @@ _LINE = 78  # fgets(line, 79, fp): RELION reads symmetry files in pieces of 78 c
 # numerical_recipes.cpp.  Matrices are (4, 4) float64 arrays, or stacks (..., 4, 4).
 
 
-def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _matmul(a: Float64Array, b: Float64Array) -> Float64Array:
     """``Matrix2D::operator*``: r(i,j) starts at 0 and adds a(i,k)·b(k,j) for k = 0..3.
 
     Element-wise numpy operations round exactly like the scalar C++ loop, so each
     element gets RELION's bits (including the k = 3 terms and the sign of zeros).
     """
-    r = 0.0 + a[..., :, 0, None] * b[..., None, 0, :]
+    r: Float64Array = 0.0 + a[..., :, 0, None] * b[..., None, 0, :]
     for k in range(1, a.shape[-1]):
         r = r + a[..., :, k, None] * b[..., None, k, :]
     return r
 
 
-def _zero_small(m: np.ndarray) -> np.ndarray:
+def _zero_small(m: Float64Array) -> Float64Array:
     """``Matrix2D::setSmallValuesToZero``: |v| < 1e-6 becomes +0."""
     m = m.copy()
     m[np.abs(m) < _EPS] = 0.0
     return m
 
 
-def _rot_z4(ang_deg: float) -> np.ndarray:
+def _rot_z4(ang_deg: float) -> Float64Array:
     """``rotation3DMatrix(ang, 'Z', R)`` (homogeneous); libm cos/sin as RELION."""
     a = ang_deg * _PI / 180  # DEG2RAD
     c, s = math.cos(a), math.sin(a)
@@ -76,7 +77,7 @@ def _rot_z4(ang_deg: float) -> np.ndarray:
     return r
 
 
-def _align_with_z(axis: tuple[float, float, float]) -> np.ndarray:
+def _align_with_z(axis: tuple[float, float, float]) -> Float64Array:
     """``alignWithZ`` (homogeneous): the rotation A with A·axis ∥ z."""
     x, y, z = axis
     m = math.sqrt(((0.0 + x * x) + y * y) + z * z)  # Matrix1D::selfNormalize
@@ -106,7 +107,7 @@ def _pythag(a: float, b: float) -> float:
     return 0.0 if absb == 0.0 else absb * math.sqrt(1.0 + absa * absa / (absb * absb))
 
 
-def _svdcmp(a: np.ndarray) -> tuple[list[float], list[float], list[float]]:
+def _svdcmp(a: Float64Array) -> tuple[list[float], list[float], list[float]]:
     """RELION's ``svdcmp`` (Bilib's one-sided Householder + QR), row-major U, W, V.
 
     A statement-by-statement port on Python floats: same operations, same order.
@@ -296,7 +297,7 @@ def _svdcmp(a: np.ndarray) -> tuple[list[float], list[float], list[float]]:
     return u, w, v
 
 
-def _inv4(a: np.ndarray) -> np.ndarray:
+def _inv4(a: Float64Array) -> Float64Array:
     """``Matrix2D::inv`` of a 4x4 matrix: the SVD pseudo-inverse V·W⁻¹·Uᵀ."""
     n = a.shape[0]
     u, w, v = _svdcmp(a)
@@ -323,7 +324,7 @@ def _inv4(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _rot_axis_gens(fold: int, axis: tuple[float, float, float]) -> list[np.ndarray]:
+def _rot_axis_gens(fold: int, axis: tuple[float, float, float]) -> list[Float64Array]:
     """``rot_axis``: Aᵀ·Rz(ang)·A for ang = 360/fold, 2·360/fold, ... (angle accumulated),
     zeroed, stored transposed."""
     a = _align_with_z(axis)
@@ -338,7 +339,7 @@ def _rot_axis_gens(fold: int, axis: tuple[float, float, float]) -> list[np.ndarr
     return out
 
 
-def _mirror_gen(normal: tuple[float, float, float]) -> np.ndarray:
+def _mirror_gen(normal: tuple[float, float, float]) -> Float64Array:
     """``mirror_plane``: A·diag(1,1,-1,1)·A⁻¹ with A = alignWithZ(normal)ᵀ and the
     SVD-based inverse; not zeroed, so the SVD's ~1e-16 residues stay, as in RELION."""
     a = _align_with_z(normal).T.copy()
@@ -538,13 +539,13 @@ def _file_lines(data: bytes, source: str) -> list[tuple[int, str]]:
     return out
 
 
-def _generators(lines: list[tuple[int, str]], source: str) -> list[tuple[int, np.ndarray]]:
+def _generators(lines: list[tuple[int, str]], source: str) -> list[tuple[int, Float64Array]]:
     """(L sign, R) per generator, in the order RELION stores them; R is 4x4.
 
     RELION keeps a second matrix L per element; only the inversion sets L = diag(1,1,-1).
     It takes part in the identity and equality tests of the closure, so it is tracked as a sign.
     """
-    gens: list[tuple[int, np.ndarray]] = []
+    gens: list[tuple[int, Float64Array]] = []
     for n, line in lines:
         if line[:1] in (";", "#"):
             continue
@@ -556,7 +557,8 @@ def _generators(lines: list[tuple[int, str]], source: str) -> list[tuple[int, np
         nxt = [*toks[1:], None, None, None, None]
         if key == "rot_axis":
             fold = _scan_int(nxt[0], where)
-            axis = tuple(_scan_real(t, where)[0] for t in nxt[1:4])  # textToDouble
+            ax, ay, az = (_scan_real(t, where)[0] for t in nxt[1:4])  # textToDouble
+            axis = (ax, ay, az)
             if fold < 1:
                 raise InputError(f"{where}: rot_axis fold must be at least 1, got {fold}")
             if math.sqrt(sum(v * v for v in axis)) <= _EPS:
@@ -567,7 +569,8 @@ def _generators(lines: list[tuple[int, str]], source: str) -> list[tuple[int, np
             r[0, 0] = r[1, 1] = r[2, 2] = -1.0
             gens.append((-1, r))
         elif key == "mirror_plane":
-            normal = tuple(_scan_real(t, where)[1] for t in nxt[0:3])  # textToFloat
+            nx, ny, nz = (_scan_real(t, where)[1] for t in nxt[0:3])  # textToFloat
+            normal = (nx, ny, nz)
             if math.sqrt(sum(v * v for v in normal)) <= _EPS:
                 raise InputError(f"{where}: mirror_plane has a zero normal")
             gens.append((1, _mirror_gen(normal)))
@@ -577,7 +580,7 @@ def _generators(lines: list[tuple[int, str]], source: str) -> list[tuple[int, np
     return gens
 
 
-def _known(p: np.ndarray, lp: np.ndarray, r: np.ndarray, lr: np.ndarray) -> np.ndarray:
+def _known(p: Float64Array, lp: Int64Array, r: Float64Array, lr: Int64Array) -> BoolArray:
     """For each product p[a]: is there an element b with lp[a] == lr[b] and all 16 entries
     |p[a] - r[b]| <= 1e-6 (``Matrix2D::equal``)?
 
@@ -596,7 +599,7 @@ def _known(p: np.ndarray, lp: np.ndarray, r: np.ndarray, lr: np.ndarray) -> np.n
     return known
 
 
-def _close(gens: list[tuple[int, np.ndarray]]) -> np.ndarray:
+def _close(gens: list[tuple[int, Float64Array]]) -> Float64Array:
     """``SymList::compute_subgroup``: add products until closed, in RELION's visiting order.
 
     RELION always resumes at the first untried pair (i, j) in the order: shell n =
@@ -608,8 +611,8 @@ def _close(gens: list[tuple[int, np.ndarray]]) -> np.ndarray:
     not, as in RELION).
     """
     cap = max(2 * len(gens), 8)
-    Rs = np.zeros((cap, 4, 4))
-    Ls = np.zeros(cap, dtype=np.int64)
+    Rs: Float64Array = np.zeros((cap, 4, 4))
+    Ls: Int64Array = np.zeros(cap, dtype=np.int64)
     for k, (lsign, r) in enumerate(gens):
         Rs[k], Ls[k] = r, lsign
     size = len(gens)
@@ -644,10 +647,11 @@ def _close(gens: list[tuple[int, np.ndarray]]) -> np.ndarray:
             Rs[size], Ls[size] = _zero_small(new_r), new_l
             size += 1
         n += 1
-    return Rs[:size].copy()
+    closed: Float64Array = Rs[:size].copy()
+    return closed
 
 
-def _point_group(lines: list[tuple[int, str]], source: str) -> np.ndarray:
+def _point_group(lines: list[tuple[int, str]], source: str) -> Float64Array:
     """``Symmetry::getPointGroupMatrices``: the 3x3 blocks of the closed list."""
     try:
         full = _close(_generators(lines, source))
@@ -659,12 +663,12 @@ def _point_group(lines: list[tuple[int, str]], source: str) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _builtin_group(upper_name: str) -> np.ndarray:
+def _builtin_group(upper_name: str) -> Float64Array:
     lines = list(enumerate(_group_lines(upper_name), 1))
     return _point_group(lines, f"symmetry '{upper_name}'")
 
 
-def point_group_matrices(name: str) -> np.ndarray:
+def point_group_matrices(name: str) -> Float64Array:
     """The non-identity elements (n, 3, 3) of a point group or a RELION symmetry file.
 
     Same matrices, in the same order and to the last bit, as RELION's
@@ -689,7 +693,8 @@ def point_group_matrices(name: str) -> np.ndarray:
     if not key:
         raise InputError("empty symmetry name (use C1 for no symmetry)")
     _group_lines(key)  # validates, with the name as typed in the message
-    return _builtin_group(key.upper()).copy()
+    matrices: Float64Array = _builtin_group(key.upper()).copy()
+    return matrices
 
 
 def validate_symmetry(name: str) -> str | None:
@@ -707,7 +712,7 @@ def validate_symmetry(name: str) -> str | None:
 # Operators
 
 
-def helical_matrices(n_asu: int, twist_deg: float, rise_px: float) -> np.ndarray:
+def helical_matrices(n_asu: int, twist_deg: float, rise_px: float) -> Float64Array:
     """RELION's ``getHelicalSymmetryMatrices``: (n_asu-1, 4, 4), h ascending, 0 skipped.
 
     Operator h is Rz(-h·twist) with translation (0, 0, -h·rise_px).  The bottom row is
@@ -731,7 +736,7 @@ def helical_matrices(n_asu: int, twist_deg: float, rise_px: float) -> np.ndarray
 
 def symmetry_operators(
     sym: str, n_asu: int = 1, twist_deg: float = 0.0, rise_px: float = 0.0
-) -> np.ndarray:
+) -> Float64Array:
     """All operators (m, 4, 4) that ``ReconstructParticleProgram::symmetrise`` applies.
 
     Point-group matrices (unless ``sym`` is C1/c1) followed by the helical ones (if
