@@ -148,3 +148,7 @@ class PreviewWriter:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()  # temp/, unless checkpoints are kept there
+        except OSError:
+            pass

@@ -42,6 +42,68 @@ def prepare_output_dir(out_dir: Path) -> None:
         raise InputError(f"{out_dir}: the output directory is not writable")
 
 
+def output_names(params: ReconstructParams, half_sets: bool) -> list[str]:
+    """Every file the job writes into its output folder (the group of :func:`write_outputs`)."""
+    names = []
+    for tag in ("half1", "half2", "merged") if half_sets else ("merged",):
+        names += [f"data_{tag}.mrc", f"weight_{tag}.mrc", f"{tag}.mrc"]
+        if params.crops:
+            names.append(f"{tag}_full.mrc")
+    names.append("optimisation_set.star")
+    if not params.pipeline_control:
+        names.append("note.txt")
+    return names
+
+
+def input_paths(params: ReconstructParams, inp: Inputs, root: str | None) -> dict[Path, str]:
+    """Every file the job reads (or that its optimisation set names), resolved, with a
+    description for messages."""
+    from ..io.star import at
+
+    opt = inp.optimisation_set
+    named = {
+        "particle set": opt.particles, "tomogram set": opt.tomograms,
+        "trajectory set": opt.trajectories, "reference map": opt.reference1,
+        "reference map (half 2)": opt.reference2, "reference mask": opt.mask,
+        "optimisation set": params.optimisation_set,
+    }  # fmt: skip
+    out = {Path(at(root, f)).resolve(): f"the {what} {f}" for what, f in named.items() if f}
+    sym = Path(at(root, params.symmetry))
+    if sym.is_file():
+        out.setdefault(sym.resolve(), f"the symmetry file {params.symmetry}")
+    for ts in inp.tomograms.tomograms:
+        star = ts.source.rsplit(" data_", 1)[0]
+        out.setdefault(Path(at(root, star)).resolve(), f"the tilt-series file {star}")
+        for path, _ in ts.frames:
+            out.setdefault(Path(path).resolve(), f"the tilt images {path}")
+    return out
+
+
+def check_outputs(out_dir: Path, names: list[str], inputs: dict[Path, str]) -> None:
+    """Before any work: no output may replace an input, and every output name must be
+    free for a file (a folder of that name would stop the job at its very end)."""
+    for name in names:
+        path = out_dir / name
+        resolved = path.resolve()
+        if resolved in inputs:
+            raise InputError(
+                f"{out_dir}: writing {name} there would replace {inputs[resolved]}; "
+                "choose another output folder (--o)"
+            )
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder; the job writes a file of that name there")
+    temp = out_dir / "temp"
+    if temp.exists() and not temp.is_dir():
+        raise InputError(f"{temp}: is a file; the job keeps its checkpoints in a folder there")
+
+
+def finished(out_dir: Path, names: list[str]) -> bool:
+    """Every output is there and no checkpoint waits: a finished job."""
+    if (out_dir / "temp").is_dir() and any((out_dir / "temp").glob("checkpoint_rank*.json")):
+        return False
+    return all((out_dir / n).is_file() for n in names if n != "note.txt")
+
+
 def check_maps(maps: dict[str, dict[str, Any]]) -> None:
     """A map with NaN or infinite voxels is never written: say so instead."""
     for tag, m in maps.items():

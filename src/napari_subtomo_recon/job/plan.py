@@ -112,6 +112,19 @@ def split_plans(plans: list[TomoPlan], rank: int, size: int) -> list[TomoPlan]:
     return out
 
 
+def check_visible(inp: Inputs, plans: list[TomoPlan]) -> None:
+    """A job with nothing to insert would write empty maps: say why instead."""
+    if sum(p.work for p in plans) > 0:
+        return
+    n = sum(p.particles.size for p in plans)
+    names = ", ".join(p.ts.name for p in plans)
+    raise InputError(
+        f"all {n} particles project outside the tilt images of {names}: no particle-tilt to "
+        "reconstruct (check the coordinate units: rlnCenteredCoordinate*Angst in Å from "
+        "the tomogram centre, rlnCoordinate* in pixels)"
+    )
+
+
 def memory_estimate(params: ReconstructParams, plans: list[TomoPlan], st: Any) -> int:
     """Peak resident bytes of a run: accumulators + the larger of (tilt images and their
     FFTs + one batch of prepared slices + one chunk of windows per thread) and

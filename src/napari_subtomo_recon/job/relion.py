@@ -335,6 +335,11 @@ def check(
             return f"{label} {rel}: file not found (paths are relative to {project.resolve()})"
     if not p.output_dir.strip():
         return "no output job folder (I/O tab)"
+    from .lock import holder
+
+    busy = holder(project / p.output_dir)
+    if busy:
+        return f"{p.output_dir}: another job ({busy}) is writing into this folder"
     if cmd.queue:
         if not (project / p.qsubscript).is_file():
             return f"Standard submission script {p.qsubscript}: file not found"

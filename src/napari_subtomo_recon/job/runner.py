@@ -16,7 +16,7 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,8 +36,18 @@ from .collaborators import (
 )
 from .finalise import finalise, finalise_steps
 from .inputs import Inputs, load_inputs
-from .outputs import check_maps, check_output_dir, prepare_output_dir, write_outputs
-from .plan import TomoPlan, fit_memory, plan_work, settings_of, split_plans
+from .lock import JobLock
+from .outputs import (
+    check_maps,
+    check_output_dir,
+    check_outputs,
+    finished,
+    input_paths,
+    output_names,
+    prepare_output_dir,
+    write_outputs,
+)
+from .plan import TomoPlan, check_visible, fit_memory, plan_work, settings_of, split_plans
 
 T = TypeVar("T")
 Events = Generator[Any, None, T]
@@ -52,6 +62,8 @@ class Plan:
     settings: Any  # core.backprojection.Settings
     voxel_size: float  # Å, of the maps
     total: int  # this rank's particle-tilts
+    outputs: list[str] = field(default_factory=list)  # the files the job writes
+    finished: bool = False  # --only_do_unfinished and the job has finished already
 
 
 class Job:
@@ -81,14 +93,23 @@ class Job:
         )
         self.t0 = time.perf_counter()
         self.done = 0
+        self.lock: JobLock | None = None
+        self._half_work = [1, 1]  # particle-tilts per half set
 
     # ------------------------------------------------------------------ the stages
     def run(self) -> Events[ev.Result]:
         self.params.check_runnable()
         inp = yield from self._agreed(self.load())
+        try:
+            return (yield from self._reconstruct(inp))
+        finally:  # however the job ends: no preview file, no lock left behind
+            if self.preview is not None:
+                self.preview.remove()
+            if self.lock is not None:
+                self.lock.release()
+
+    def _reconstruct(self, inp: Inputs) -> Events[ev.Result]:
         plan = yield from self._agreed(self.plan(inp))
-        acc = yield from self._agreed(self.backproject(inp, plan))
-        self.comm.reduce(acc.data, acc.weight)
         result = ev.Result(
             output_dir=self.out_dir,
             voxel_size=plan.voxel_size,
@@ -96,6 +117,15 @@ class Job:
             particles=int(sum(p.particles.size for p in plan.all_plans)),
             warnings=list(inp.warnings),
         )
+        if plan.finished:  # --only_do_unfinished on a finished job
+            result.files = {Path(n).stem: self.out_dir / n for n in plan.outputs}
+            result.warnings.append(
+                f"{self.out_dir}: the job has finished (its maps are there and there are no "
+                "checkpoints): nothing left to do"
+            )
+            return result
+        acc = yield from self._agreed(self.backproject(inp, plan))
+        self.comm.reduce(acc.data, acc.weight)
         if self.params.no_recon or self.comm.rank != 0:
             result.elapsed = self._elapsed()
             return result
@@ -119,6 +149,12 @@ class Job:
         plan = Plan(all_plans, plans, st, voxel_size, sum(p.work for p in plans))
         yield self._progress(ev.Stage.CHECKING, plan, message="checking tilt images")
         check_output_dir(self.out_dir)
+        plan.outputs = output_names(self.params, inp.particles.has_half_sets)
+        check_outputs(self.out_dir, plan.outputs, input_paths(self.params, inp, self.root))
+        if self.params.only_do_unfinished and finished(self.out_dir, plan.outputs):
+            plan.finished = True
+            return plan
+        check_visible(inp, all_plans)
         fit_memory(self.params, plans, st)
         from ..io import FrameReader
 
@@ -128,6 +164,9 @@ class Job:
                     ev.Stage.CHECKING, plan, message=f"checking tilt images of {name}"
                 )
         prepare_output_dir(self.out_dir)
+        if self.comm.rank == 0:  # one job at a time in a folder (rank 0 speaks for all)
+            self.lock = JobLock(self.out_dir)
+            self.lock.acquire()
         return plan
 
     def backproject(self, inp: Inputs, plan: Plan) -> Events[Any]:
@@ -144,6 +183,10 @@ class Job:
         odd_phase = group_phases(parts.optics.odd_zernike, s, plan.voxel_size, odd=True)
         acc = Accumulators.zeros(s)
         half_all = (parts.subset - 1) if parts.has_half_sets else np.zeros(len(parts), np.int64)
+        self._half_work = [
+            sum(int(p.geo.visible[half_all[p.particles] == h].sum()) for p in plan.all_plans)
+            for h in (0, 1)
+        ]
         ckpt = self._checkpoints(inp)
         finished = ckpt.resume(acc.data, acc.weight)
         self.done = sum(p.work for p in plan.plans if p.ts.name in finished)
@@ -251,6 +294,13 @@ class Job:
 
     def _fsc(self, result: ev.Result, maps: dict[str, Any]) -> None:
         if "half1" not in maps:
+            return
+        empty = [h + 1 for h, n in enumerate(self._half_work) if n == 0]
+        if empty:
+            result.warnings.append(
+                f"half set {empty[0]} has no particle-tilts (rlnRandomSubset): its map is "
+                "empty and the half-map FSC is not available"
+            )
             return
         from ..core.fsc import fsc, resolution_at
 
