@@ -107,7 +107,9 @@ class _Field(QObject):
         return v
 
     def set_invalid(self, invalid: bool) -> None:
-        self.widget.setStyleSheet(INVALID_STYLE if invalid else "")
+        if invalid != getattr(self, "_invalid", False):  # a style sheet change restyles
+            self._invalid = invalid
+            self.widget.setStyleSheet(INVALID_STYLE if invalid else "")
 
 
 class _Check(_Field):
@@ -232,7 +234,7 @@ class _Extras(_Field):
                 self.lines[k].setText(str(v))
 
     def set_invalid(self, invalid: bool) -> None:
-        pass
+        pass  # free text
 
 
 class ParamsForm(QWidget):

@@ -41,7 +41,16 @@ from ..params import ReconstructParams
 from .form import ParamsForm, relative_to
 from .fsc_plot import FscPlot
 from .layers import one_per_turn, remove_layers, show_map
-from .runner import SHOWN_MAPS, MapData, TaskRunner, Update, child_work, read_map_data, submit_work
+from .runner import (
+    MORE_MAPS,
+    SHOWN_MAPS,
+    MapData,
+    TaskRunner,
+    Update,
+    child_work,
+    read_map_data,
+    submit_work,
+)
 
 ERROR_STYLE = "color: #ff6b6b;"
 PREVIEW_SECONDS = 2.0  # between live previews of the merged map
@@ -126,6 +135,11 @@ class ReconstructParticleWidget(QWidget):
             f"While the job runs, show the partial merged map every {PREVIEW_SECONDS:g} s "
             "(the job spends a little time making it)"
         )
+        self.more_maps = QCheckBox("Half maps as layers")
+        self.more_maps.setToolTip(
+            "Also add half1, half2 and (when cropping) the full-box merged map as hidden "
+            "layers when the job has finished; the half-map FSC is plotted either way"
+        )
         self.load_button = QPushButton("Load job.star…")
         self.save_button = QPushButton("Save job.star…")
         self.run_button = QPushButton("Run!")
@@ -160,7 +174,11 @@ class ReconstructParticleWidget(QWidget):
         layout.addWidget(self.command_label)
         layout.addWidget(self.command_view)
         layout.addWidget(self.message)
-        layout.addWidget(self.live_preview)
+        switches = QHBoxLayout()
+        switches.addWidget(self.live_preview)
+        switches.addWidget(self.more_maps)
+        switches.addStretch(1)
+        layout.addLayout(switches)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
@@ -196,6 +214,7 @@ class ReconstructParticleWidget(QWidget):
         self.napari_ready = threading.Event()  # set when napari's first layer is prepared
         _warm_napari_in_background(self.napari_ready)
         self.start_warmup()
+        QTimer.singleShot(1500, self._make_fsc_dock)  # not while napari docks this widget
 
     # ------------------------------------------------------------------ values
     def params(self) -> ReconstructParams:
@@ -318,7 +337,7 @@ class ReconstructParticleWidget(QWidget):
     def open_job_maps(self, job_dir: str | os.PathLike[str]) -> None:
         """Show the maps of a finished job (read off the GUI thread)."""
         job_dir = Path(job_dir)
-        files = {t: job_dir / f"{t}.mrc" for t in SHOWN_MAPS if (job_dir / f"{t}.mrc").is_file()}
+        files = {t: job_dir / f"{t}.mrc" for t in self._shown() if (job_dir / f"{t}.mrc").is_file()}
         if not files:
             return
 
@@ -371,7 +390,7 @@ class ReconstructParticleWidget(QWidget):
             self._warn(f"kernel warm-up failed ({outcome.message}); jobs compile on first use")
         if self._pending is not None:
             child, self._pending = self._pending, None
-            self.jobs.submit(child_work, child)
+            self._submit_job(child)
         elif not self.jobs.running:
             self.status.setText("Ready" if self.kernels_ready else self.status.text())
 
@@ -387,7 +406,7 @@ class ReconstructParticleWidget(QWidget):
         self.status.setText(f"Writing the sample data set to {root}…")
         argv = [*program_tokens("napari_subtomo_recon._sample_data"), str(root)]
         self._sample_layer = event.value
-        self.samples.submit(child_work, Child(argv, str(root)))
+        self.samples.submit(child_work, Child(argv, str(root)), shown=("ground_truth",))
 
     def _on_sample_progress(self, update: Update) -> None:
         if isinstance(update.event, ev.Progress) and not self.jobs.running:
@@ -397,26 +416,33 @@ class ReconstructParticleWidget(QWidget):
         if outcome.status != "ok" or outcome.result is None:
             self._error(f"sample data: {outcome.message}")
             return
-        files = outcome.result.files
-        layer = getattr(self, "_sample_layer", None)
-        truth = read_map_data(files["ground_truth"], "truth")
-        if layer is not None and truth is not None and layer in self.viewer.layers:
-            layer.metadata["subtomo_recon_sample"]["written"] = True
-            show_map(self.viewer, layer.name, truth.data, truth.voxel_size, truth.levels)
-            if self.viewer.dims.ndisplay != 3:
-                self.viewer.dims.ndisplay = 3
-                self.viewer.reset_view()
-        root = outcome.result.output_dir
         from .._sample_data import SAMPLE_PARAMS
 
-        p = self.params() if self.form.problem() is None else ReconstructParams.for_gui()
-        self.form.set_params(p.replace(
-            project_dir=str(root), optimisation_set=relative_to(files["optimisation_set"], root),
-            use_direct_entries=False, **SAMPLE_PARAMS,
-        ))  # fmt: skip
-        self._set_output_auto()
-        if not self.jobs.running:
-            self.status.setText(f"Sample data set in {root}: ready to run")
+        files, root = outcome.result.files, outcome.result.output_dir
+        layer = getattr(self, "_sample_layer", None)
+        truth = next((m for m in outcome.maps if m.tag == "ground_truth"), None)
+
+        def show_truth() -> None:
+            if layer is not None and truth is not None and layer in self.viewer.layers:
+                layer.metadata["subtomo_recon_sample"]["written"] = True
+                show_map(self.viewer, layer.name, truth.data, truth.voxel_size, truth.levels)
+
+        def to_3d() -> None:
+            if self.viewer.dims.ndisplay != 3:
+                self.viewer.dims.ndisplay = 3
+
+        def fill() -> None:
+            p = self.params() if self.form.problem() is None else ReconstructParams.for_gui()
+            self.form.set_params(p.replace(
+                project_dir=str(root),
+                optimisation_set=relative_to(files["optimisation_set"], root),
+                use_direct_entries=False, **SAMPLE_PARAMS,
+            ))  # fmt: skip
+            self._set_output_auto()
+            if not self.jobs.running:
+                self.status.setText(f"Sample data set in {root}: ready to run")
+
+        one_per_turn([show_truth, to_3d, self.viewer.reset_view], fill)
 
     # ------------------------------------------------------------------ running
     def run(self) -> bool:
@@ -469,8 +495,14 @@ class ReconstructParticleWidget(QWidget):
             self.status.setText(f"{job_dir.name}: waits for the kernels to be ready…")
             self._update_buttons()
         else:
-            self.jobs.submit(child_work, child)
+            self._submit_job(child)
         return True
+
+    def _shown(self) -> tuple[str, ...]:
+        return SHOWN_MAPS + (MORE_MAPS if self.more_maps.isChecked() else ())
+
+    def _submit_job(self, child: Child) -> None:
+        self.jobs.submit(child_work, child, shown=self._shown())
 
     def _show_running_command(self, cmd: relion.JobCommand, is_continue: bool) -> None:
         self.command_label.setText("Continuing with:" if is_continue else "Running:")
@@ -618,16 +650,29 @@ class ReconstructParticleWidget(QWidget):
 
         self._show_maps(out.maps, job, done)
 
+    def _make_fsc_dock(self) -> None:
+        """The FSC plot's dock, hidden until there is a curve (creating a dock takes
+        napari a few tenths of a second: not at the moment the maps arrive)."""
+        window = getattr(self.viewer, "window", None)
+        if window is None or self._fsc_dock is not None:
+            return
+        try:
+            self._fsc_dock = window.add_dock_widget(
+                self.fsc_plot, name="Half-map FSC", area="right"
+            )
+        except RuntimeError:  # the window went away meanwhile
+            return
+        if self.fsc_plot.curve is None:
+            self._fsc_dock.hide()
+
     def _show_fsc_dock(self) -> None:
         window = getattr(self.viewer, "window", None)
         if window is None:
             self.fsc_plot.show()
             return
-        if self._fsc_dock is None:
-            self._fsc_dock = window.add_dock_widget(
-                self.fsc_plot, name="Half-map FSC", area="right"
-            )
-        self._fsc_dock.show()
+        self._make_fsc_dock()
+        if self._fsc_dock is not None:
+            self._fsc_dock.show()
 
     # ------------------------------------------------------------------ messages
     def _error(self, msg: str) -> None:

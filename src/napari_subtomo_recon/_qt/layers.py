@@ -16,6 +16,7 @@ from qtpy.QtCore import QTimer
 
 from ..display import map_layer_kwargs
 
+STEP_MS = 60  # between steps: longer than a timer tick, so napari's own events get a turn
 _AUTO = "subtomo_recon_auto"  # metadata: the display levels last set automatically
 
 
@@ -53,15 +54,25 @@ def show_map(
         limits = tuple(previous[1:]) if user_contrast and previous is not None else auto[1:]
         layer.metadata[_AUTO] = (iso, *limits)
     else:
-        kw["visible"] = visible
+        # created hidden, shown a turn later: creating the layer (its visual, its
+        # controls) and its first 3D draw each take napari a few tenths of a second
+        kw["visible"] = False
         layer = viewer.add_image(data, **kw)
         layer.metadata[_AUTO] = auto
-        if visible and viewer.dims.ndisplay != 3:  # a new map is looked at in 3D
-            viewer.dims.ndisplay = 3
-            viewer.reset_view()
+        if visible:
+            QTimer.singleShot(STEP_MS, lambda: _reveal(viewer, layer))
     if metadata:
         layer.metadata.update(metadata)
     return layer
+
+
+def _reveal(viewer: Any, layer: Any) -> None:
+    if layer not in viewer.layers:
+        return
+    layer.visible = True
+    if viewer.dims.ndisplay != 3:  # a new map is looked at in 3D
+        viewer.dims.ndisplay = 3
+        viewer.reset_view()
 
 
 def remove_layers(viewer: Any, names: Sequence[str]) -> None:
@@ -71,15 +82,16 @@ def remove_layers(viewer: Any, names: Sequence[str]) -> None:
 
 
 def one_per_turn(steps: Sequence[Callable[[], Any]], done: Callable[[], Any] | None = None) -> None:
-    """Run ``steps`` one per turn of the event loop (each layer's texture upload and
-    first draw is its own turn, so napari keeps answering between them)."""
+    """Run ``steps`` a few event-loop turns apart: each layer's creation, texture upload and
+    redraw of the canvas is its own turn, so napari keeps answering between them (with
+    software OpenGL a redraw of a 3D map takes ~0.2-0.4 s)."""
     pending = list(steps)
 
     def next_step() -> None:
         if pending:
             pending.pop(0)()
-            QTimer.singleShot(0, next_step)
+            QTimer.singleShot(STEP_MS, next_step)
         elif done is not None:
             done()
 
-    QTimer.singleShot(0, next_step)
+    QTimer.singleShot(STEP_MS, next_step)

@@ -30,7 +30,8 @@ from qtpy.QtCore import QObject, Signal
 from .. import events as ev
 from ..job.launch import Child, Outcome, submit
 
-SHOWN_MAPS = ("merged", "half1", "half2", "merged_full")
+SHOWN_MAPS = ("merged",)  # the maps of a finished job shown as layers
+MORE_MAPS = ("half1", "half2", "merged_full")  # ... and these on request
 
 
 @dataclass
@@ -62,8 +63,10 @@ def read_map_data(path: Path, tag: str) -> MapData | None:
     return MapData(tag, data, vs, display_levels(data))
 
 
-def child_work(child: Child, cancel: threading.Event) -> Generator[Update, None, Outcome]:
-    """Run ``child``; previews are read here; the finished job's maps too."""
+def child_work(
+    child: Child, cancel: threading.Event, shown: tuple[str, ...] = SHOWN_MAPS
+) -> Generator[Update, None, Outcome]:
+    """Run ``child``; previews are read here, and the maps ``shown`` of its result."""
     gen = child.events(cancel)
     while True:
         try:
@@ -80,7 +83,7 @@ def child_work(child: Child, cancel: threading.Event) -> Generator[Update, None,
     if outcome.status == "ok" and outcome.result is not None:
         outcome.maps = [
             m
-            for tag in SHOWN_MAPS
+            for tag in shown
             if (path := outcome.result.files.get(tag)) is not None
             and (m := read_map_data(Path(path), tag)) is not None
         ]
@@ -124,14 +127,14 @@ class TaskRunner(QObject):
     def cancelling(self) -> bool:
         return self._task is not None and self._task.cancel.is_set()
 
-    def submit(self, work: Callable[..., Any], *args: Any) -> int:
+    def submit(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
         from napari.qt.threading import create_worker
 
         self.cancel()
         self._task = None  # signals of the previous task are stale from here on
         tid = next(self._ids)
         ev_ = threading.Event()
-        worker = create_worker(work, *args, cancel=ev_, _start_thread=False)
+        worker = create_worker(work, *args, cancel=ev_, _start_thread=False, **kwargs)
         task = _Task(tid, worker, ev_)
         if hasattr(worker, "yielded"):
             worker.yielded.connect(partial(self._on_yielded, tid))
