@@ -57,16 +57,19 @@ or thickness effect), as RELION's reconstruction assumes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, overload
 
 import mrcfile
 import numpy as np
 import scipy.fft as sfft
+from numpy.typing import ArrayLike
 
-__all__ = ["SimulatedDataset", "make_phantom", "simulate"]
+__all__ = ["SimulatedDataset", "SimulationConfig", "make_phantom", "simulate"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,7 +426,11 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cells: int =
 # ---------------------------------------------------------------------------------------------
 
 
-def _q(x) -> float | np.ndarray:
+@overload
+def _q(x: float) -> float: ...
+@overload
+def _q(x: np.ndarray) -> np.ndarray: ...
+def _q(x: float | np.ndarray) -> float | np.ndarray:
     """Round to what ``%.6f`` prints, so that the simulation uses the values as written."""
     if np.ndim(x) == 0:
         return float(f"{float(x):.6f}")
@@ -441,7 +448,10 @@ def _fmt(v) -> str:
     return f'"{s}"' if (" " in s or not s) else s
 
 
-def _star_text(blocks: list[tuple[str, dict, bool]]) -> str:
+_Block = tuple[str, dict[str, Any], bool]  # (name, {label: value or list}, is_loop)
+
+
+def _star_text(blocks: list[_Block]) -> str:
     """Blocks as (name, {label: value or list}, is_loop)."""
     lines = ["", "# version 50001", ""]
     for name, data, loop in blocks:
@@ -459,7 +469,7 @@ def _star_text(blocks: list[tuple[str, dict, bool]]) -> str:
     return "\n".join(lines)
 
 
-def _write_star(path: Path, blocks: list[tuple[str, dict, bool]]) -> None:
+def _write_star(path: Path, blocks: list[_Block]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(_star_text(blocks))
 
@@ -478,6 +488,118 @@ def _write_mrc(path: Path, data: np.ndarray, voxel_size: float) -> None:
 
 def _vec(row: np.ndarray) -> str:
     return "[" + ",".join(repr(float(v)) for v in row) + "]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Everything :func:`simulate` can vary, with its defaults (the built-in sample data set).
+
+    **Geometry.**  ``n_tomograms`` tilt series of ``n_tilts`` tilts each, at nominal angles
+    k·step (step = ``tilt_max`` / (n_tilts // 2)), acquired in dose-symmetric order.  Sizes:
+    ``image_size = (W, H)`` tilt images, ``tomo_size = (X, Y, Z)``, both in unbinned pixels
+    of ``pixel_size`` Å (``odd_sizes`` makes all of them odd); the phantom has ``box``
+    voxels (even) of ``pixel_size·binning`` Å.  The stage tilt ``rlnTomoYTilt`` = nominal +
+    ``tilt_offset`` (+ jitter), ``rlnTomoXTilt`` ≈ ``x_tilt``, ``rlnTomoZRot`` ≈
+    ``tilt_axis`` and shifts ~N(0, ``shift_sigma``) Å, each slightly different per tomogram
+    and frame.  ``hand`` (+1 or −1) is ``rlnTomoHand``, the sign of the depth offset.
+
+    **Optics.**  ``voltage`` (kV), ``cs`` (mm), amplitude contrast ``q0``; ``defocus`` is the
+    range of the mean defocus per tomogram (Å, underfocus positive), ``astigmatism`` =
+    DefocusU − DefocusV (Å); each tilt receives ``dose_per_tilt`` e/Å².
+
+    **Particles.**  ``particles_per_tomogram`` copies of a phantom with point group
+    ``symmetry`` (``'C1'``, ``'Cn'`` or ``'Dn'``), at random positions and orientations.
+    ``half_sets`` writes ``rlnRandomSubset`` (1 and 2, balanced per tomogram); ``motion``
+    writes ``motion.star`` and draws the particles at ``pos + shift_f/px`` (smooth shifts of
+    rms ``motion_amplitude`` Å); ``origins`` writes small non-zero ``rlnOrigin*Angst``;
+    ``subtomo_angles`` writes random ``rlnTomoSubtomogram*`` angles (orientation
+    ``A_sub·A_part``, origins rotated by ``A_sub``).
+
+    **Noise.**  ``snr`` is the per-pixel signal-to-noise ratio (variance ratio) of a particle
+    in the least-exposed tilt: the mean-square of the CTF-modulated particle signal inside its
+    disc over the noise variance.  ``noise=False``: no noise and no background;
+    ``background=False``: white noise only (no smooth background).
+
+    **File layout.**  Rows of a tilt-series star file are in acquisition (dose-symmetric)
+    order; the stack holds the frames sorted by tilt angle (``stack_layout='stack'``) or
+    there is one ``.mrc`` per tilt (``stack_layout='per_tilt_files'``).  ``relion4`` writes
+    the RELION 4 format instead (projection matrices, ``rlnCoordinate*`` in pixels, stack in
+    row order).
+
+    **Test switches.**  ``ctf=False`` (image = −projection), ``dose_weighting=False``;
+    ``particle_coords`` (N, 3) true particle centres (Å from the tomogram centre, i.e. after
+    the origin offsets) and ``particle_angles`` (N, 3) rot/tilt/psi in degrees override the
+    random particles (N = n_tomograms·particles_per_tomogram, in file order).
+
+    **Randomness.**  ``numpy.random.default_rng((seed, tomogram, quantity))``, one stream per
+    tomogram and quantity (tilt geometry, positions, angles, ...), so the same seed gives the
+    same geometry and particles whatever the switches above (``ctf``, ``motion``,
+    ``particle_angles``, ...).
+
+    The constructor checks the combinations RELION cannot read (``ValueError``).
+    """
+
+    # --- geometry
+    n_tomograms: int = 2
+    n_tilts: int = 31
+    tilt_max: float = 60.0  # degrees
+    pixel_size: float = 2.0  # Å, the tilt-series pixel size
+    image_size: tuple[int, int] = (512, 512)  # (W, H) unbinned pixels
+    tomo_size: tuple[int, int, int] = (512, 512, 200)  # (X, Y, Z) unbinned pixels
+    box: int = 48  # phantom box (binned voxels), even
+    binning: float = 2.0
+    odd_sizes: bool = False
+    hand: float = 1.0
+    tilt_axis: float = 85.0  # degrees
+    tilt_offset: float = 0.5  # degrees
+    x_tilt: float = 0.3  # degrees
+    shift_sigma: float = 30.0  # Å
+    # --- optics
+    voltage: float = 300.0  # kV
+    cs: float = 2.7  # mm
+    q0: float = 0.1
+    defocus: tuple[float, float] = (30000.0, 40000.0)  # Å
+    astigmatism: float = 300.0  # Å
+    dose_per_tilt: float = 3.0  # e/Å²
+    # --- particles
+    particles_per_tomogram: int = 40
+    symmetry: str = "C1"
+    half_sets: bool = True
+    motion: bool = False
+    motion_amplitude: float = 3.0  # Å
+    origins: bool = False
+    subtomo_angles: bool = False
+    # --- noise
+    snr: float = 3.0
+    noise: bool = True
+    background: bool = True
+    # --- file layout
+    stack_layout: str = "stack"  # or 'per_tilt_files'
+    relion4: bool = False
+    # --- test switches
+    ctf: bool = True
+    dose_weighting: bool = True
+    particle_coords: ArrayLike | None = None  # (N, 3) Å from the tomogram centre
+    particle_angles: ArrayLike | None = None  # (N, 3) rot, tilt, psi in degrees
+    # --- randomness
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stack_layout not in ("stack", "per_tilt_files"):
+            raise ValueError(
+                f"stack_layout must be 'stack' or 'per_tilt_files', not {self.stack_layout!r}"
+            )
+        if self.relion4 and self.stack_layout != "stack":
+            raise ValueError("the RELION 4 format stores each tilt series as one stack")
+        if self.box % 2:
+            raise ValueError("box must be even (RELION's reconstruction assumes it)")
+        if self.hand not in (1.0, -1.0):
+            raise ValueError("hand must be +1 or -1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,6 +637,629 @@ class SimulatedDataset:
             "--sym",
             self.symmetry,
         ]
+
+
+def simulate(
+    root: str | os.PathLike[str], config: SimulationConfig | None = None, **overrides: Any
+) -> SimulatedDataset:
+    """Write a simulated RELION-5 data set under ``root`` and return its description.
+
+    ``config`` (default ``SimulationConfig()``) holds the parameters; keyword ``overrides``
+    replace single fields of it, so ``simulate(root, n_tomograms=3, motion=True)`` is
+    ``simulate(root, SimulationConfig(n_tomograms=3, motion=True))``.  See
+    :class:`SimulationConfig` for what each parameter does.
+
+    The steps, per tomogram unless noted: the phantom and its ground-truth map (once); the
+    geometry and CTF parameters of the tilt series; the particles (positions, angles,
+    origins, half sets); the image of each particle in each tilt (analytic projection,
+    −CTF·dose, added to the tilt images); then, once the signal level of all particles is
+    known, noise and background; the tilt images; the star files (tomograms, tilt series,
+    particles, trajectories, optimisation set).
+    """
+    cfg = _configure(config, overrides)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    sizes = _sizes(cfg)
+    blobs = _phantom_blobs(cfg.box, sizes.vs, cfg.symmetry.strip(), cfg.seed)
+    _write_mrc(root / "ground_truth.mrc", _render(blobs, cfg.box, sizes.vs), sizes.vs)
+    coords, angles = _explicit_particles(cfg)
+
+    series: list[_TiltSeries] = []
+    rows = _StarRows()
+    signal_ms: list[float] = []
+    for ti in range(cfg.n_tomograms):
+        ts = _tilt_series(cfg, sizes, ti)
+        particles = _tomogram_particles(cfg, sizes, ti, coords, angles)
+        signal_ms += _image_particles(cfg, sizes, blobs, ts, particles, rows)
+        series.append(ts)
+
+    sigma_n = _noise_sigma(cfg, signal_ms)
+    for ts in series:
+        _add_noise(ts.images, sigma_n, cfg.background, _rng(cfg.seed, ts.index, 7))
+        ts.refs = _write_tilt_images(root, ts, cfg.stack_layout, sizes.px)
+
+    trajectories = _write_star_files(root, cfg, sizes, series, rows)
+    return SimulatedDataset(
+        root=root,
+        optimisation_set=root / "optimisation_set.star",
+        tomograms=root / "tomograms.star",
+        particles=root / "particles.star",
+        trajectories=trajectories,
+        ground_truth=root / "ground_truth.mrc",
+        box=int(cfg.box),
+        binning=sizes.binning,
+        pixel_size=sizes.px,
+        symmetry=cfg.symmetry.strip(),
+    )
+
+
+def _configure(config: SimulationConfig | None, overrides: dict[str, Any]) -> SimulationConfig:
+    """``config`` (or the defaults) with ``overrides`` replacing single fields."""
+    known = {f.name for f in dataclasses.fields(SimulationConfig)}
+    for name in overrides:
+        if name not in known:
+            raise TypeError(f"simulate() got an unexpected keyword argument '{name}'")
+    return dataclasses.replace(config if config is not None else SimulationConfig(), **overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps of the simulation
+# ---------------------------------------------------------------------------------------------
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    """One stream per tomogram and quantity: options that add random draws (motion, origins,
+    ...) or explicit particles do not change the rest of a seed's data set."""
+    return np.random.default_rng((seed,) + key)
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    """Sizes derived from the configuration (unbinned pixels unless noted)."""
+
+    px: float  # tilt-series pixel size, Å
+    binning: float
+    vs: float  # voxel size of the phantom, Å (px·binning)
+    image_size: tuple[int, int]  # (W, H), odd if asked for
+    tomo_size: tuple[int, int, int]  # (X, Y, Z), odd if asked for
+    centre: np.ndarray  # (3,) tomo_size / 2.0
+    patch: int  # P: side of the simulated patch of one particle image
+    disc: np.ndarray  # (P, P) bool: the particle's disc in a patch (for the signal level)
+
+
+def _sizes(cfg: SimulationConfig) -> _Sizes:
+    px = float(cfg.pixel_size)
+    binning = float(cfg.binning)
+    W, H = (int(v) for v in cfg.image_size)
+    X, Y, Z = (int(v) for v in cfg.tomo_size)
+    if cfg.odd_sizes:
+        W, H = W - 1 + W % 2, H - 1 + H % 2
+        X, Y, Z = (t - 1 + t % 2 for t in (X, Y, Z))
+    P = _patch_size(cfg.box, binning)
+    r_disc = 0.35 * cfg.box * binning  # particle radius in unbinned pixels
+    yy, xx = np.mgrid[0:P, 0:P]
+    return _Sizes(
+        px=px,
+        binning=binning,
+        vs=px * binning,
+        image_size=(W, H),
+        tomo_size=(X, Y, Z),
+        centre=np.array((X, Y, Z), dtype=np.float64) / 2.0,
+        patch=P,
+        disc=(xx - P // 2) ** 2 + (yy - P // 2) ** 2 <= r_disc**2,
+    )
+
+
+def _explicit_particles(cfg: SimulationConfig) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``particle_coords`` and ``particle_angles`` as (N, 3) float64 arrays (or None)."""
+    n_total = cfg.n_tomograms * cfg.particles_per_tomogram
+    coords = angles = None
+    if cfg.particle_coords is not None:
+        coords = np.asarray(cfg.particle_coords, dtype=np.float64).reshape(n_total, 3)
+    if cfg.particle_angles is not None:
+        angles = np.asarray(cfg.particle_angles, dtype=np.float64).reshape(n_total, 3)
+    return coords, angles
+
+
+# --- the tilt series --------------------------------------------------------------------------
+
+
+@dataclass
+class _TiltSeries:
+    """One tilt series as written: per-frame arrays (nf,) in row (acquisition) order."""
+
+    index: int  # tomogram number (0-based), the key of its random streams
+    name: str
+    nominal: np.ndarray  # nominal stage tilt, degrees
+    xt: np.ndarray  # rlnTomoXTilt, degrees
+    yt: np.ndarray  # rlnTomoYTilt, degrees
+    zr: np.ndarray  # rlnTomoZRot, degrees
+    xs: np.ndarray  # rlnTomoXShiftAngst
+    ys: np.ndarray  # rlnTomoYShiftAngst
+    defu: np.ndarray  # rlnDefocusU, Å
+    defv: np.ndarray  # rlnDefocusV, Å
+    dang: np.ndarray  # rlnDefocusAngle, degrees
+    pre: np.ndarray  # rlnMicrographPreExposure, e/Å²
+    ctf_scale: np.ndarray  # rlnCtfScalefactor
+    proj: np.ndarray  # (nf, 4, 4) P_f (spec §2.1)
+    stack_idx: list[int]  # position of each frame in the stack
+    images: np.ndarray  # (nf, H, W) float32 tilt images, in row order
+    refs: list[str] = dataclasses.field(default_factory=list)  # rlnMicrographName per frame
+
+
+def _tilt_series(cfg: SimulationConfig, sizes: _Sizes, ti: int) -> _TiltSeries:
+    """Tilt angles, shifts, defoci and doses of tomogram ``ti`` (rows in acquisition =
+    dose-symmetric order), its projection matrices and empty images."""
+    nf = cfg.n_tilts
+    nominal = np.array(_dose_symmetric_order(nf), dtype=np.float64) * (
+        cfg.tilt_max / max(1, nf // 2)
+    )
+    rng = _rng(cfg.seed, ti, 0)
+    xt, yt, zr, xs, ys = _tilt_geometry(cfg, nominal, rng)
+    defu, defv, dang = _tilt_defoci(cfg, nf, rng)
+    proj = np.array(
+        [
+            _projection_matrix(
+                xt[f], yt[f], zr[f], xs[f], ys[f], sizes.px, sizes.tomo_size, sizes.image_size
+            )
+            for f in range(nf)
+        ]
+    )
+    W, H = sizes.image_size
+    return _TiltSeries(
+        index=ti,
+        name=f"TS_{ti + 1:02d}",
+        nominal=nominal,
+        xt=xt,
+        yt=yt,
+        zr=zr,
+        xs=xs,
+        ys=ys,
+        defu=defu,
+        defv=defv,
+        dang=dang,
+        pre=_q(np.arange(nf) * cfg.dose_per_tilt),
+        ctf_scale=np.ones(nf),
+        proj=proj,
+        stack_idx=_stack_order(nominal, cfg.relion4),
+        images=np.zeros((nf, H, W), dtype=np.float32),
+    )
+
+
+def _tilt_geometry(
+    cfg: SimulationConfig, nominal: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(xt, yt, zr, xs, ys) per frame, as written: the nominal tilts with a per-tomogram
+    offset and per-frame jitter, the tilt axis and the shifts (the first draws of ``rng``)."""
+    nf = len(nominal)
+    off_t = cfg.tilt_offset + rng.normal(0.0, 0.1)
+    yt = _q(nominal + off_t + rng.normal(0.0, 0.05, nf))
+    xt = _q(np.full(nf, cfg.x_tilt + rng.normal(0.0, 0.05)))
+    zr = _q(cfg.tilt_axis + rng.normal(0.0, 0.5) + rng.normal(0.0, 0.2, nf))
+    xs = _q(rng.normal(0.0, cfg.shift_sigma, nf))
+    ys = _q(rng.normal(0.0, cfg.shift_sigma, nf))
+    return xt, yt, zr, xs, ys
+
+
+def _tilt_defoci(
+    cfg: SimulationConfig, nf: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(DefocusU, DefocusV, DefocusAngle) per frame, as written: a mean defocus per tomogram
+    in the ``defocus`` range with per-frame jitter (the draws after :func:`_tilt_geometry`)."""
+    mean_def = rng.uniform(min(cfg.defocus), max(cfg.defocus))
+    dmean = mean_def + rng.normal(0.0, 150.0, nf)
+    ast = cfg.astigmatism * (1.0 + rng.normal(0.0, 0.1))
+    defu = _q(dmean + 0.5 * ast)
+    defv = _q(dmean - 0.5 * ast)
+    dang = _q(rng.uniform(-90.0, 90.0) + rng.normal(0.0, 2.0, nf))
+    return defu, defv, dang
+
+
+def _stack_order(nominal: np.ndarray, relion4: bool) -> list[int]:
+    """Position of each frame in the stack: sorted by tilt angle (R5); row order (R4)."""
+    nf = len(nominal)
+    if relion4:
+        return list(range(nf))
+    stack_idx = [0] * nf
+    for pos_in_stack, f in enumerate(np.argsort(nominal, kind="stable")):
+        stack_idx[int(f)] = pos_in_stack
+    return stack_idx
+
+
+# --- the particles ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Particles:
+    """The particles of one tomogram, (n, ...) arrays in file order."""
+
+    true_pos: np.ndarray  # (n, 3) true centres, tomogram pixels (after the origin offsets)
+    ang: np.ndarray  # (n, 3) rlnAngleRot/Tilt/Psi, degrees
+    sub: np.ndarray | None  # (n, 3) rlnTomoSubtomogramRot/Tilt/Psi, or None
+    orig: np.ndarray  # (n, 3) rlnOrigin*Angst
+    subsets: np.ndarray | None  # (n,) rlnRandomSubset, or None
+
+
+def _tomogram_particles(
+    cfg: SimulationConfig,
+    sizes: _Sizes,
+    ti: int,
+    coords: np.ndarray | None,
+    angles: np.ndarray | None,
+) -> _Particles:
+    """Positions, angles, origins and half sets of the particles of tomogram ``ti``."""
+    n = cfg.particles_per_tomogram
+    first = ti * n
+    if coords is not None:
+        true_pos = coords[first : first + n] / sizes.px + sizes.centre
+    else:
+        true_pos = _positions(
+            _rng(cfg.seed, ti, 1),
+            n,
+            sizes.tomo_size,
+            sizes.image_size,
+            min_dist=0.65 * cfg.box * sizes.binning,
+        )
+    if angles is not None:
+        ang = _q(angles[first : first + n])
+    else:
+        ang = _q(_random_angles(_rng(cfg.seed, ti, 2), n))
+    sub = _q(_random_angles(_rng(cfg.seed, ti, 3), n)) if cfg.subtomo_angles else None
+    orig = (
+        _q(_rng(cfg.seed, ti, 4).uniform(-2.0, 2.0, (n, 3)) * sizes.vs)
+        if cfg.origins
+        else np.zeros((n, 3))
+    )
+    subsets = None
+    if cfg.half_sets:
+        subsets = _rng(cfg.seed, ti, 5).permutation(np.array([1, 2] * ((n + 1) // 2))[:n])
+    return _Particles(true_pos=true_pos, ang=ang, sub=sub, orig=orig, subsets=subsets)
+
+
+def _pose(
+    cfg: SimulationConfig, sizes: _Sizes, particles: _Particles, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A, coord, pos) of particle k: orientation A = A_sub·A_part, the coordinate as written
+    and the position (tomogram pixels) that the written values give (spec §2.3, §2.6)."""
+    a_sub = _euler(*particles.sub[k]) if particles.sub is not None else np.eye(3)
+    A = a_sub @ _euler(*particles.ang[k])
+    # Written coordinate p0 with pos = p0 − A_sub·origin/px; quantise p0 as written.
+    p0 = particles.true_pos[k] + a_sub @ particles.orig[k] / sizes.px
+    if cfg.relion4:
+        coord = _q(p0)
+        p0 = coord
+    else:
+        coord = _q((p0 - sizes.centre) * sizes.px)
+        p0 = coord / sizes.px + sizes.centre
+    pos = p0 - a_sub @ particles.orig[k] / sizes.px
+    return A, coord, pos
+
+
+# --- projection, CTF and dose per tilt --------------------------------------------------------
+
+
+def _image_particles(
+    cfg: SimulationConfig,
+    sizes: _Sizes,
+    blobs: _Blobs,
+    ts: _TiltSeries,
+    particles: _Particles,
+    rows: _StarRows,
+) -> list[float]:
+    """Add every particle of the tomogram to its tilt images and its rows to ``rows``.
+
+    Returns, per particle, the mean-square signal inside its disc in the least-exposed tilt.
+    """
+    nf = len(ts.pre)
+    filt = _Filter(
+        sizes.patch,
+        sizes.px,
+        ts.defu,
+        ts.defv,
+        ts.dang,
+        ts.pre,
+        cfg.voltage,
+        cfg.cs,
+        cfg.q0,
+        ts.ctf_scale,
+        cfg.ctf,
+        cfg.dose_weighting,
+    )
+    rng_mot = _rng(cfg.seed, ts.index, 6)
+    f0 = int(np.argmin(ts.pre))
+    signal_ms = []
+    for k in range(cfg.particles_per_tomogram):
+        A, coord, pos = _pose(cfg, sizes, particles, k)
+        shifts = (
+            _q(_smooth_shifts(rng_mot, nf, cfg.motion_amplitude))
+            if cfg.motion
+            else np.zeros((nf, 3))
+        )
+        vis, patches = _image_particle(cfg, sizes, blobs, ts, filt, A, pos, shifts)
+        signal_ms.append(float((patches[f0][sizes.disc] ** 2).mean()))
+        pname = f"{ts.name}/{k + 1}"
+        rows.add_particle(_particle_row(cfg, ts.name, pname, coord, particles, k, vis))
+        if cfg.motion:
+            rows.add_trajectory(pname, shifts)
+    return signal_ms
+
+
+def _image_particle(
+    cfg: SimulationConfig,
+    sizes: _Sizes,
+    blobs: _Blobs,
+    ts: _TiltSeries,
+    filt: _Filter,
+    A: np.ndarray,
+    pos: np.ndarray,
+    shifts: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add one particle (orientation A, position ``pos`` in tomogram pixels, per-frame
+    ``shifts`` (nf, 3) Å) to the tilt images of ``ts``.
+
+    Returns its visibility per frame (nf,) bool and its patches (nf, P, P).
+    """
+    P, px = sizes.patch, sizes.px
+    M = ts.proj[:, :3, :3]
+    traj = pos[None, :] + shifts / px
+    c2 = np.einsum("fij,fj->fi", ts.proj[:, :2, :3], traj) + ts.proj[:, :2, 3]
+    depth = M[:, 2, :] @ (pos - sizes.centre)
+    dz = cfg.hand * px * depth
+    vis = _visible(c2, cfg.box, sizes.image_size)
+    i0 = _c_round(c2)
+    delta = c2 - i0
+    R = np.einsum("fij,jk->fik", M, A)
+    spec = _projection_spectra(blobs, R, delta, px, sizes.vs, P)
+    spec *= filt(dz)
+    patches = sfft.irfft2(spec, s=(P, P), axes=(1, 2), workers=2)
+    patches = np.fft.fftshift(patches, axes=(1, 2))
+    for f in range(len(patches)):
+        _add_patch(ts.images[f], patches[f], int(i0[f, 0]) - P // 2, int(i0[f, 1]) - P // 2)
+    return vis, patches
+
+
+def _visible(c2: np.ndarray, box: int, image_size: tuple[int, int]) -> np.ndarray:
+    """Visibility as RELION computes it (margin box/2 in unbinned pixels): (nf,) bool."""
+    W, H = image_size
+    return (
+        (c2[:, 0] > box / 2.0)
+        & (c2[:, 0] < W - box / 2.0)
+        & (c2[:, 1] > box / 2.0)
+        & (c2[:, 1] < H - box / 2.0)
+    )
+
+
+# --- rows of the particle and trajectory files ------------------------------------------------
+
+
+@dataclass
+class _StarRows:
+    """The particle table (label -> one value per particle) and the trajectory blocks."""
+
+    particles: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    motion: list[_Block] = dataclasses.field(default_factory=list)
+
+    def add_particle(self, row: list[tuple[str, Any]]) -> None:
+        for label, value in row:
+            self.particles.setdefault(label, []).append(value)
+
+    def add_trajectory(self, pname: str, shifts: np.ndarray) -> None:
+        """The block of one particle: its shifts (nf, 3) in Å, per frame."""
+        self.motion.append(
+            (
+                pname,
+                {f"rlnOrigin{lab}Angst": list(shifts[:, ax]) for ax, lab in enumerate("XYZ")},
+                True,
+            )
+        )
+
+
+def _particle_row(
+    cfg: SimulationConfig,
+    tomo_name: str,
+    pname: str,
+    coord: np.ndarray,
+    particles: _Particles,
+    k: int,
+    vis: np.ndarray,
+) -> list[tuple[str, Any]]:
+    """(label, value) of particle k's row of ``particles.star``, in column order."""
+    row: list[tuple[str, Any]] = [("rlnTomoName", tomo_name), ("rlnTomoParticleName", pname)]
+    if cfg.relion4:
+        row += [(f"rlnCoordinate{lab}", float(coord[ax])) for ax, lab in enumerate("XYZ")]
+    else:
+        row += [
+            (f"rlnCenteredCoordinate{lab}Angst", float(coord[ax])) for ax, lab in enumerate("XYZ")
+        ]
+    angle_labels = ("Rot", "Tilt", "Psi")
+    row += [(f"rlnAngle{lab}", float(particles.ang[k, j])) for j, lab in enumerate(angle_labels)]
+    if particles.sub is not None:
+        row += [
+            (f"rlnTomoSubtomogram{lab}", float(particles.sub[k, j]))
+            for j, lab in enumerate(angle_labels)
+        ]
+    row += [(f"rlnOrigin{lab}Angst", float(particles.orig[k, ax])) for ax, lab in enumerate("XYZ")]
+    row.append(("rlnOpticsGroup", 1))
+    if particles.subsets is not None:
+        row.append(("rlnRandomSubset", int(particles.subsets[k])))
+    row.append(("rlnTomoVisibleFrames", "[" + ",".join(str(int(v)) for v in vis) + "]"))
+    return row
+
+
+# --- noise and the tilt images ----------------------------------------------------------------
+
+
+def _noise_sigma(cfg: SimulationConfig, signal_ms: list[float]) -> float:
+    """The noise standard deviation that gives ``snr`` for the mean particle signal."""
+    if cfg.noise and signal_ms and cfg.snr > 0:
+        return math.sqrt(np.mean(signal_ms) / cfg.snr)
+    return 0.0
+
+
+def _add_noise(
+    images: np.ndarray, sigma_n: float, background: bool, rng: np.random.Generator
+) -> None:
+    """Gaussian white noise (and a smooth background) added to each (H, W) image in place."""
+    if sigma_n > 0:
+        nf, H, W = images.shape
+        for f in range(nf):
+            bg = 0.5 * sigma_n * _smooth_field(rng, (H, W)) if background else 0.0
+            images[f] += (rng.normal(0.0, sigma_n, (H, W)) + bg).astype(np.float32)
+
+
+def _write_tilt_images(root: Path, ts: _TiltSeries, stack_layout: str, px: float) -> list[str]:
+    """Write the tilt images; returns the rlnMicrographName of each frame (row order)."""
+    if stack_layout == "stack":
+        ordered = np.empty_like(ts.images)
+        for f, si in enumerate(ts.stack_idx):
+            ordered[si] = ts.images[f]
+        _write_mrc(root / "tilt_series" / f"{ts.name}.mrcs", ordered, px)
+        return [f"{si + 1}@tilt_series/{ts.name}.mrcs" for si in ts.stack_idx]
+    refs = []
+    for f in range(ts.images.shape[0]):
+        fn = f"tilt_series/{ts.name}/{ts.name}_{f + 1:03d}_{ts.nominal[f]:.1f}.mrc"
+        _write_mrc(root / fn, ts.images[f], px)
+        refs.append(fn)
+    return refs
+
+
+# --- star files -------------------------------------------------------------------------------
+
+
+def _write_star_files(
+    root: Path, cfg: SimulationConfig, sizes: _Sizes, series: list[_TiltSeries], rows: _StarRows
+) -> Path | None:
+    """Tomogram set, tilt-series files (R5), particles, trajectories and the optimisation
+    set.  Returns the trajectory file (None without ``motion``)."""
+    optics = _optics_table(cfg, sizes)
+    if cfg.relion4:
+        _write_star(root / "tomograms.star", _tomogram_blocks_r4(cfg, sizes, series))
+        particle_blocks: list[_Block] = [
+            ("optics", optics, True),
+            ("particles", rows.particles, True),
+        ]
+    else:
+        _write_star(root / "tomograms.star", [("global", _global_r5(cfg, sizes, series), True)])
+        for ts in series:
+            _write_star(
+                root / "tilt_series" / f"{ts.name}.star",
+                [(ts.name, _tilt_series_rows_r5(cfg, ts), True)],
+            )
+        particle_blocks = [
+            ("general", {"rlnTomoSubTomosAre2DStacks": 1}, False),
+            ("optics", optics, True),
+            ("particles", rows.particles, True),
+        ]
+    _write_star(root / "particles.star", particle_blocks)
+
+    trajectories = None
+    opt = {"rlnTomoParticlesFile": "particles.star", "rlnTomoTomogramsFile": "tomograms.star"}
+    if cfg.motion:
+        trajectories = root / "motion.star"
+        n_total = cfg.n_tomograms * cfg.particles_per_tomogram
+        _write_star(
+            trajectories, [("general", {"rlnParticleNumber": n_total}, False)] + rows.motion
+        )
+        opt["rlnTomoTrajectoriesFile"] = "motion.star"
+    _write_star(root / "optimisation_set.star", [("", opt, False)])
+    return trajectories
+
+
+def _optics_table(cfg: SimulationConfig, sizes: _Sizes) -> dict[str, list[Any]]:
+    return {
+        "rlnOpticsGroup": [1],
+        "rlnOpticsGroupName": ["optics1"],
+        "rlnSphericalAberration": [float(cfg.cs)],
+        "rlnVoltage": [float(cfg.voltage)],
+        "rlnAmplitudeContrast": [float(cfg.q0)],
+        "rlnTomoTiltSeriesPixelSize": [sizes.px],
+        "rlnImagePixelSize": [sizes.vs],
+        "rlnImageSize": [int(cfg.box)],
+        "rlnImageDimensionality": [2],
+        "rlnTomoSubtomogramBinning": [sizes.binning],
+        "rlnCtfDataAreCtfPremultiplied": [1],
+    }
+
+
+def _tomogram_blocks_r4(
+    cfg: SimulationConfig, sizes: _Sizes, series: list[_TiltSeries]
+) -> list[_Block]:
+    """RELION 4 ``tomograms.star``: data_global, then one block of matrices per tomogram."""
+    n = cfg.n_tomograms
+    g = {
+        "rlnTomoName": [ts.name for ts in series],
+        "rlnTomoTiltSeriesName": [f"tilt_series/{ts.name}.mrcs" for ts in series],
+        "rlnTomoFrameCount": [len(ts.yt) for ts in series],
+        "rlnTomoSizeX": [sizes.tomo_size[0]] * n,
+        "rlnTomoSizeY": [sizes.tomo_size[1]] * n,
+        "rlnTomoSizeZ": [sizes.tomo_size[2]] * n,
+        "rlnTomoHand": [float(cfg.hand)] * n,
+        "rlnOpticsGroupName": ["optics1"] * n,
+        "rlnTomoTiltSeriesPixelSize": [sizes.px] * n,
+        "rlnVoltage": [float(cfg.voltage)] * n,
+        "rlnSphericalAberration": [float(cfg.cs)] * n,
+        "rlnAmplitudeContrast": [float(cfg.q0)] * n,
+        "rlnTomoImportFractionalDose": [float(cfg.dose_per_tilt)] * n,
+    }
+    blocks: list[_Block] = [("global", g, True)]
+    for ts in series:
+        rows = {
+            "rlnTomoProjX": [_vec(p[0]) for p in ts.proj],
+            "rlnTomoProjY": [_vec(p[1]) for p in ts.proj],
+            "rlnTomoProjZ": [_vec(p[2]) for p in ts.proj],
+            "rlnTomoProjW": [_vec(p[3]) for p in ts.proj],
+            "rlnDefocusU": list(ts.defu),
+            "rlnDefocusV": list(ts.defv),
+            "rlnDefocusAngle": list(ts.dang),
+            "rlnCtfScalefactor": list(ts.ctf_scale),
+            "rlnMicrographPreExposure": list(ts.pre),
+        }
+        blocks.append((ts.name, rows, True))
+    return blocks
+
+
+def _global_r5(cfg: SimulationConfig, sizes: _Sizes, series: list[_TiltSeries]) -> dict[str, Any]:
+    """data_global of the RELION 5 ``tomograms.star``: one row per tomogram."""
+    n = cfg.n_tomograms
+    return {
+        "rlnTomoName": [ts.name for ts in series],
+        "rlnVoltage": [float(cfg.voltage)] * n,
+        "rlnSphericalAberration": [float(cfg.cs)] * n,
+        "rlnAmplitudeContrast": [float(cfg.q0)] * n,
+        "rlnMicrographOriginalPixelSize": [sizes.px / 2.0] * n,
+        "rlnTomoHand": [float(cfg.hand)] * n,
+        "rlnTomoTiltSeriesPixelSize": [sizes.px] * n,
+        "rlnTomoTiltSeriesStarFile": [f"tilt_series/{ts.name}.star" for ts in series],
+        "rlnTomoSizeX": [sizes.tomo_size[0]] * n,
+        "rlnTomoSizeY": [sizes.tomo_size[1]] * n,
+        "rlnTomoSizeZ": [sizes.tomo_size[2]] * n,
+        "rlnOpticsGroupName": ["optics1"] * n,
+        "rlnTomoImportFractionalDose": [float(cfg.dose_per_tilt)] * n,
+    }
+
+
+def _tilt_series_rows_r5(cfg: SimulationConfig, ts: _TiltSeries) -> dict[str, list[Any]]:
+    """The RELION 5 tilt-series table: one row per frame, in acquisition order."""
+    nf = len(ts.yt)
+    return {
+        "rlnMicrographName": ts.refs,
+        "rlnTomoNominalStageTiltAngle": [float(v) for v in ts.nominal],
+        "rlnTomoNominalTiltAxisAngle": [float(cfg.tilt_axis)] * nf,
+        "rlnMicrographPreExposure": list(ts.pre),
+        "rlnDefocusU": list(ts.defu),
+        "rlnDefocusV": list(ts.defv),
+        "rlnDefocusAngle": list(ts.dang),
+        "rlnCtfAstigmatism": [float(u - v) for u, v in zip(ts.defu, ts.defv, strict=True)],
+        "rlnCtfScalefactor": list(ts.ctf_scale),
+        "rlnTomoXTilt": list(ts.xt),
+        "rlnTomoYTilt": list(ts.yt),
+        "rlnTomoZRot": list(ts.zr),
+        "rlnTomoXShiftAngst": list(ts.xs),
+        "rlnTomoYShiftAngst": list(ts.ys),
+    }
+
+
+# --- random draws -----------------------------------------------------------------------------
 
 
 def _dose_symmetric_order(n: int) -> list[int]:
@@ -568,435 +1313,3 @@ def _smooth_shifts(rng: np.random.Generator, nf: int, amplitude: float) -> np.nd
             out[:, ax] += rng.normal() / j * np.cos(math.pi * j * t + rng.uniform(0, 2 * math.pi))
     rms = np.sqrt((out**2).mean())
     return out * (amplitude / max(rms, 1e-12))
-
-
-def simulate(
-    root,
-    *,
-    n_tomograms: int = 2,
-    particles_per_tomogram: int = 40,
-    n_tilts: int = 31,
-    tilt_max: float = 60.0,
-    dose_per_tilt: float = 3.0,
-    pixel_size: float = 2.0,
-    image_size: tuple[int, int] = (512, 512),
-    tomo_size: tuple[int, int, int] = (512, 512, 200),
-    box: int = 48,
-    binning: float = 2.0,
-    symmetry: str = "C1",
-    snr: float = 3.0,
-    defocus: tuple[float, float] = (30000.0, 40000.0),
-    astigmatism: float = 300.0,
-    voltage: float = 300.0,
-    cs: float = 2.7,
-    q0: float = 0.1,
-    hand: float = 1.0,
-    seed: int = 0,
-    half_sets: bool = True,
-    motion: bool = False,
-    motion_amplitude: float = 3.0,
-    origins: bool = False,
-    subtomo_angles: bool = False,
-    odd_sizes: bool = False,
-    stack_layout: str = "stack",
-    relion4: bool = False,
-    tilt_axis: float = 85.0,
-    tilt_offset: float = 0.5,
-    x_tilt: float = 0.3,
-    shift_sigma: float = 30.0,
-    ctf: bool = True,
-    dose_weighting: bool = True,
-    noise: bool = True,
-    background: bool = True,
-    particle_coords: np.ndarray | None = None,
-    particle_angles: np.ndarray | None = None,
-) -> SimulatedDataset:
-    """Write a simulated RELION-5 data set under ``root`` and return its description.
-
-    Sizes: ``image_size = (W, H)`` tilt images, ``tomo_size = (X, Y, Z)``, both in
-    unbinned pixels of ``pixel_size`` Å; the phantom has ``box`` voxels of
-    ``pixel_size·binning`` Å.  ``defocus`` is the range of the mean defocus per
-    tomogram (Å, underfocus positive), ``astigmatism`` = DefocusU − DefocusV.
-    ``snr`` is the per-pixel signal-to-noise ratio (variance ratio) of a particle in
-    the least-exposed tilt: the mean-square of the CTF-modulated particle signal
-    inside its disc over the noise variance.
-
-    Geometry: the stage tilt ``rlnTomoYTilt`` = nominal + ``tilt_offset`` (+ jitter),
-    ``rlnTomoXTilt`` ≈ ``x_tilt``, ``rlnTomoZRot`` ≈ ``tilt_axis`` and shifts
-    ~N(0, ``shift_sigma``) Å, each slightly different per tomogram and frame.  Rows of
-    a tilt-series star file are in acquisition (dose-symmetric) order; the stack
-    holds the frames sorted by tilt angle (``stack_layout='per_tilt_files'``: one
-    ``.mrc`` per tilt instead).
-
-    Options: ``motion`` writes ``motion.star`` and draws the particles at
-    ``pos + shift_f/px``; ``origins`` writes small non-zero ``rlnOrigin*Angst``;
-    ``subtomo_angles`` writes random ``rlnTomoSubtomogram*`` angles (orientation
-    ``A_sub·A_part``, origins rotated by ``A_sub``); ``odd_sizes`` makes image and
-    tomogram sizes odd; ``relion4`` writes the RELION 4 format (projection matrices,
-    ``rlnCoordinate*`` in pixels, stack in row order).
-
-    Test switches: ``ctf=False`` (image = −projection), ``dose_weighting=False``,
-    ``noise=False`` (no noise and no background), ``background=False``;
-    ``particle_coords`` (N, 3) true particle centres (Å from the tomogram centre, i.e.
-    after the origin offsets) and ``particle_angles`` (N, 3) rot/tilt/psi in degrees
-    override the random particles (N = n_tomograms·particles_per_tomogram, in file
-    order).
-
-    Randomness: ``numpy.random.default_rng((seed, tomogram, quantity))``, one stream per
-    tomogram and quantity (tilt geometry, positions, angles, ...), so the same seed gives
-    the same geometry and particles whatever the switches above (``ctf``, ``motion``,
-    ``particle_angles``, ...).
-    """
-    if stack_layout not in ("stack", "per_tilt_files"):
-        raise ValueError(f"stack_layout must be 'stack' or 'per_tilt_files', not {stack_layout!r}")
-    if relion4 and stack_layout != "stack":
-        raise ValueError("the RELION 4 format stores each tilt series as one stack")
-    if box % 2:
-        raise ValueError("box must be even (RELION's reconstruction assumes it)")
-    if hand not in (1.0, -1.0):
-        raise ValueError("hand must be +1 or -1")
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-
-    def rng_for(*key: int) -> np.random.Generator:
-        # One stream per tomogram and quantity: options that add random draws (motion,
-        # origins, ...) or explicit particles do not change the rest of a seed's data set.
-        return np.random.default_rng((seed,) + key)
-
-    px = float(pixel_size)
-    binning = float(binning)
-    vs = px * binning
-    W, H = (int(v) for v in image_size)
-    tomo_size = tuple(int(v) for v in tomo_size)
-    if odd_sizes:
-        W, H = W - 1 + W % 2, H - 1 + H % 2
-        tomo_size = tuple(t - 1 + t % 2 for t in tomo_size)
-    image_size = (W, H)
-    centre = np.array(tomo_size, dtype=np.float64) / 2.0
-    sym = symmetry.strip()
-    blobs = _phantom_blobs(box, vs, sym, seed)
-    truth = _render(blobs, box, vs)
-    _write_mrc(root / "ground_truth.mrc", truth, vs)
-
-    n_total = n_tomograms * particles_per_tomogram
-    if particle_coords is not None:
-        particle_coords = np.asarray(particle_coords, dtype=np.float64).reshape(n_total, 3)
-    if particle_angles is not None:
-        particle_angles = np.asarray(particle_angles, dtype=np.float64).reshape(n_total, 3)
-
-    P = _patch_size(box, binning)
-    r_disc = 0.35 * box * binning  # particle radius in unbinned pixels
-    yy, xx = np.mgrid[0:P, 0:P]
-    disc = (xx - P // 2) ** 2 + (yy - P // 2) ** 2 <= r_disc**2
-
-    tomo_rows: list[dict] = []
-    particle_rows: dict[str, list] = {}
-    motion_blocks: list[tuple[str, dict, bool]] = []
-    stacks: list[tuple[str, np.ndarray, list[int]]] = []  # (name, images in row order, stack idx)
-    signal_ms: list[float] = []
-
-    def prow(label, value):
-        particle_rows.setdefault(label, []).append(value)
-
-    for ti in range(n_tomograms):
-        name = f"TS_{ti + 1:02d}"
-        # ----- tilt series geometry (rows in acquisition = dose-symmetric order)
-        ks = _dose_symmetric_order(n_tilts)
-        step = tilt_max / max(1, n_tilts // 2)
-        nominal = np.array(ks, dtype=np.float64) * step
-        nf = n_tilts
-        rng = rng_for(ti, 0)
-        off_t = tilt_offset + rng.normal(0.0, 0.1)
-        yt = _q(nominal + off_t + rng.normal(0.0, 0.05, nf))
-        xt = _q(np.full(nf, x_tilt + rng.normal(0.0, 0.05)))
-        zr = _q(tilt_axis + rng.normal(0.0, 0.5) + rng.normal(0.0, 0.2, nf))
-        xs = _q(rng.normal(0.0, shift_sigma, nf))
-        ys = _q(rng.normal(0.0, shift_sigma, nf))
-        mean_def = rng.uniform(min(defocus), max(defocus))
-        dmean = mean_def + rng.normal(0.0, 150.0, nf)
-        ast = astigmatism * (1.0 + rng.normal(0.0, 0.1))
-        defu = _q(dmean + 0.5 * ast)
-        defv = _q(dmean - 0.5 * ast)
-        dang = _q(rng.uniform(-90.0, 90.0) + rng.normal(0.0, 2.0, nf))
-        pre = _q(np.arange(nf) * dose_per_tilt)
-        ctf_scale = np.ones(nf)
-        Pm = np.array(
-            [
-                _projection_matrix(xt[f], yt[f], zr[f], xs[f], ys[f], px, tomo_size, image_size)
-                for f in range(nf)
-            ]
-        )
-        M = Pm[:, :3, :3]
-        # Stack order: sorted by tilt angle (R5); row order (R4).
-        if relion4:
-            stack_idx = list(range(nf))
-        else:
-            by_angle = np.argsort(nominal, kind="stable")
-            stack_idx = [0] * nf
-            for pos_in_stack, f in enumerate(by_angle):
-                stack_idx[int(f)] = pos_in_stack
-        # ----- particles
-        first = ti * particles_per_tomogram
-        if particle_coords is not None:
-            true_pos = particle_coords[first : first + particles_per_tomogram] / px + centre
-        else:
-            true_pos = _positions(
-                rng_for(ti, 1),
-                particles_per_tomogram,
-                tomo_size,
-                image_size,
-                min_dist=0.65 * box * binning,
-            )
-        if particle_angles is not None:
-            ang = _q(particle_angles[first : first + particles_per_tomogram])
-        else:
-            ang = _q(_random_angles(rng_for(ti, 2), particles_per_tomogram))
-        sub = _q(_random_angles(rng_for(ti, 3), particles_per_tomogram)) if subtomo_angles else None
-        orig = (
-            _q(rng_for(ti, 4).uniform(-2.0, 2.0, (particles_per_tomogram, 3)) * vs)
-            if origins
-            else np.zeros((particles_per_tomogram, 3))
-        )
-        if half_sets:
-            subsets = np.array([1, 2] * ((particles_per_tomogram + 1) // 2))[
-                :particles_per_tomogram
-            ]
-            subsets = rng_for(ti, 5).permutation(subsets)
-        images = np.zeros((nf, H, W), dtype=np.float32)
-        filt = _Filter(
-            P, px, defu, defv, dang, pre, voltage, cs, q0, ctf_scale, ctf, dose_weighting
-        )
-        rng_mot = rng_for(ti, 6)
-        for k in range(particles_per_tomogram):
-            a_sub = _euler(*sub[k]) if sub is not None else np.eye(3)
-            A = a_sub @ _euler(*ang[k])
-            # Written coordinate p0 with pos = p0 − A_sub·origin/px; quantise p0 as written.
-            p0 = true_pos[k] + a_sub @ orig[k] / px
-            if relion4:
-                coord = _q(p0)
-                p0 = coord
-            else:
-                coord = _q((p0 - centre) * px)
-                p0 = coord / px + centre
-            pos = p0 - a_sub @ orig[k] / px
-            shifts = (
-                _q(_smooth_shifts(rng_mot, nf, motion_amplitude)) if motion else np.zeros((nf, 3))
-            )
-            traj = pos[None, :] + shifts / px
-            c2 = np.einsum("fij,fj->fi", Pm[:, :2, :3], traj) + Pm[:, :2, 3]
-            depth = M[:, 2, :] @ (pos - centre)
-            dz = hand * px * depth
-            # Visibility as RELION computes it (margin box/2 in unbinned pixels).
-            vis = (
-                (c2[:, 0] > box / 2.0)
-                & (c2[:, 0] < W - box / 2.0)
-                & (c2[:, 1] > box / 2.0)
-                & (c2[:, 1] < H - box / 2.0)
-            )
-            i0 = _c_round(c2)
-            delta = c2 - i0
-            R = np.einsum("fij,jk->fik", M, A)
-            spec = _projection_spectra(blobs, R, delta, px, vs, P)
-            spec *= filt(dz)
-            patches = sfft.irfft2(spec, s=(P, P), axes=(1, 2), workers=2)
-            patches = np.fft.fftshift(patches, axes=(1, 2))
-            for f in range(nf):
-                _add_patch(images[f], patches[f], int(i0[f, 0]) - P // 2, int(i0[f, 1]) - P // 2)
-            f0 = int(np.argmin(pre))
-            signal_ms.append(float((patches[f0][disc] ** 2).mean()))
-
-            pname = f"{name}/{k + 1}"
-            prow("rlnTomoName", name)
-            prow("rlnTomoParticleName", pname)
-            if relion4:
-                for ax, lab in enumerate("XYZ"):
-                    prow(f"rlnCoordinate{lab}", float(coord[ax]))
-            else:
-                for ax, lab in enumerate("XYZ"):
-                    prow(f"rlnCenteredCoordinate{lab}Angst", float(coord[ax]))
-            for j, lab in enumerate(("Rot", "Tilt", "Psi")):
-                prow(f"rlnAngle{lab}", float(ang[k, j]))
-            if sub is not None:
-                for j, lab in enumerate(("Rot", "Tilt", "Psi")):
-                    prow(f"rlnTomoSubtomogram{lab}", float(sub[k, j]))
-            for ax, lab in enumerate("XYZ"):
-                prow(f"rlnOrigin{lab}Angst", float(orig[k, ax]))
-            prow("rlnOpticsGroup", 1)
-            if half_sets:
-                prow("rlnRandomSubset", int(subsets[k]))
-            prow("rlnTomoVisibleFrames", "[" + ",".join(str(int(v)) for v in vis) + "]")
-            if motion:
-                motion_blocks.append(
-                    (
-                        pname,
-                        {
-                            f"rlnOrigin{lab}Angst": list(shifts[:, ax])
-                            for ax, lab in enumerate("XYZ")
-                        },
-                        True,
-                    )
-                )
-
-        stacks.append((name, images, stack_idx))
-        tomo_rows.append(
-            dict(
-                name=name,
-                yt=yt,
-                xt=xt,
-                zr=zr,
-                xs=xs,
-                ys=ys,
-                defu=defu,
-                defv=defv,
-                dang=dang,
-                pre=pre,
-                scale=ctf_scale,
-                nominal=nominal,
-                Pm=Pm,
-                stack_idx=stack_idx,
-            )
-        )
-
-    # ----- noise and background, then write the images
-    sigma_n = math.sqrt(np.mean(signal_ms) / snr) if (noise and signal_ms and snr > 0) else 0.0
-    for ti, (name, images, stack_idx) in enumerate(stacks):
-        rng = rng_for(ti, 7)
-        if sigma_n > 0:
-            for f in range(images.shape[0]):
-                bg = 0.5 * sigma_n * _smooth_field(rng, (H, W)) if background else 0.0
-                images[f] += (rng.normal(0.0, sigma_n, (H, W)) + bg).astype(np.float32)
-        t = tomo_rows[ti]
-        if stack_layout == "stack":
-            ordered = np.empty_like(images)
-            for f, si in enumerate(stack_idx):
-                ordered[si] = images[f]
-            _write_mrc(root / "tilt_series" / f"{name}.mrcs", ordered, px)
-            t["refs"] = [f"{si + 1}@tilt_series/{name}.mrcs" for si in stack_idx]
-        else:
-            refs = []
-            for f in range(images.shape[0]):
-                fn = f"tilt_series/{name}/{name}_{f + 1:03d}_{t['nominal'][f]:.1f}.mrc"
-                _write_mrc(root / fn, images[f], px)
-                refs.append(fn)
-            t["refs"] = refs
-
-    # ----- star files
-    optics = {
-        "rlnOpticsGroup": [1],
-        "rlnOpticsGroupName": ["optics1"],
-        "rlnSphericalAberration": [float(cs)],
-        "rlnVoltage": [float(voltage)],
-        "rlnAmplitudeContrast": [float(q0)],
-        "rlnTomoTiltSeriesPixelSize": [px],
-        "rlnImagePixelSize": [vs],
-        "rlnImageSize": [int(box)],
-        "rlnImageDimensionality": [2],
-        "rlnTomoSubtomogramBinning": [binning],
-        "rlnCtfDataAreCtfPremultiplied": [1],
-    }
-    if relion4:
-        g = {
-            "rlnTomoName": [t["name"] for t in tomo_rows],
-            "rlnTomoTiltSeriesName": [f"tilt_series/{t['name']}.mrcs" for t in tomo_rows],
-            "rlnTomoFrameCount": [len(t["yt"]) for t in tomo_rows],
-            "rlnTomoSizeX": [tomo_size[0]] * n_tomograms,
-            "rlnTomoSizeY": [tomo_size[1]] * n_tomograms,
-            "rlnTomoSizeZ": [tomo_size[2]] * n_tomograms,
-            "rlnTomoHand": [float(hand)] * n_tomograms,
-            "rlnOpticsGroupName": ["optics1"] * n_tomograms,
-            "rlnTomoTiltSeriesPixelSize": [px] * n_tomograms,
-            "rlnVoltage": [float(voltage)] * n_tomograms,
-            "rlnSphericalAberration": [float(cs)] * n_tomograms,
-            "rlnAmplitudeContrast": [float(q0)] * n_tomograms,
-            "rlnTomoImportFractionalDose": [float(dose_per_tilt)] * n_tomograms,
-        }
-        blocks: list[tuple[str, dict, bool]] = [("global", g, True)]
-        for t in tomo_rows:
-            Pm = t["Pm"]
-            blocks.append(
-                (
-                    t["name"],
-                    {
-                        "rlnTomoProjX": [_vec(p[0]) for p in Pm],
-                        "rlnTomoProjY": [_vec(p[1]) for p in Pm],
-                        "rlnTomoProjZ": [_vec(p[2]) for p in Pm],
-                        "rlnTomoProjW": [_vec(p[3]) for p in Pm],
-                        "rlnDefocusU": list(t["defu"]),
-                        "rlnDefocusV": list(t["defv"]),
-                        "rlnDefocusAngle": list(t["dang"]),
-                        "rlnCtfScalefactor": list(t["scale"]),
-                        "rlnMicrographPreExposure": list(t["pre"]),
-                    },
-                    True,
-                )
-            )
-        _write_star(root / "tomograms.star", blocks)
-        particle_blocks = [("optics", optics, True), ("particles", particle_rows, True)]
-    else:
-        g = {
-            "rlnTomoName": [t["name"] for t in tomo_rows],
-            "rlnVoltage": [float(voltage)] * n_tomograms,
-            "rlnSphericalAberration": [float(cs)] * n_tomograms,
-            "rlnAmplitudeContrast": [float(q0)] * n_tomograms,
-            "rlnMicrographOriginalPixelSize": [px / 2.0] * n_tomograms,
-            "rlnTomoHand": [float(hand)] * n_tomograms,
-            "rlnTomoTiltSeriesPixelSize": [px] * n_tomograms,
-            "rlnTomoTiltSeriesStarFile": [f"tilt_series/{t['name']}.star" for t in tomo_rows],
-            "rlnTomoSizeX": [tomo_size[0]] * n_tomograms,
-            "rlnTomoSizeY": [tomo_size[1]] * n_tomograms,
-            "rlnTomoSizeZ": [tomo_size[2]] * n_tomograms,
-            "rlnOpticsGroupName": ["optics1"] * n_tomograms,
-            "rlnTomoImportFractionalDose": [float(dose_per_tilt)] * n_tomograms,
-        }
-        _write_star(root / "tomograms.star", [("global", g, True)])
-        for t in tomo_rows:
-            nf = len(t["yt"])
-            rows = {
-                "rlnMicrographName": t["refs"],
-                "rlnTomoNominalStageTiltAngle": [float(v) for v in t["nominal"]],
-                "rlnTomoNominalTiltAxisAngle": [float(tilt_axis)] * nf,
-                "rlnMicrographPreExposure": list(t["pre"]),
-                "rlnDefocusU": list(t["defu"]),
-                "rlnDefocusV": list(t["defv"]),
-                "rlnDefocusAngle": list(t["dang"]),
-                "rlnCtfAstigmatism": [
-                    float(u - v) for u, v in zip(t["defu"], t["defv"], strict=True)
-                ],
-                "rlnCtfScalefactor": list(t["scale"]),
-                "rlnTomoXTilt": list(t["xt"]),
-                "rlnTomoYTilt": list(t["yt"]),
-                "rlnTomoZRot": list(t["zr"]),
-                "rlnTomoXShiftAngst": list(t["xs"]),
-                "rlnTomoYShiftAngst": list(t["ys"]),
-            }
-            _write_star(root / "tilt_series" / f"{t['name']}.star", [(t["name"], rows, True)])
-        particle_blocks = [
-            ("general", {"rlnTomoSubTomosAre2DStacks": 1}, False),
-            ("optics", optics, True),
-            ("particles", particle_rows, True),
-        ]
-    _write_star(root / "particles.star", particle_blocks)
-
-    trajectories = None
-    opt = {"rlnTomoParticlesFile": "particles.star", "rlnTomoTomogramsFile": "tomograms.star"}
-    if motion:
-        trajectories = root / "motion.star"
-        _write_star(
-            trajectories, [("general", {"rlnParticleNumber": n_total}, False)] + motion_blocks
-        )
-        opt["rlnTomoTrajectoriesFile"] = "motion.star"
-    _write_star(root / "optimisation_set.star", [("", opt, False)])
-
-    return SimulatedDataset(
-        root=root,
-        optimisation_set=root / "optimisation_set.star",
-        tomograms=root / "tomograms.star",
-        particles=root / "particles.star",
-        trajectories=trajectories,
-        ground_truth=root / "ground_truth.mrc",
-        box=int(box),
-        binning=binning,
-        pixel_size=px,
-        symmetry=sym,
-    )

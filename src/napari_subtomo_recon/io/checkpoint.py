@@ -14,15 +14,25 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import InputError
 from .atomic import atomic_path, write_text_atomic
 
 
 class Checkpoint:
-    def __init__(self, folder: Path, fingerprint: dict, rank: int = 0):
+    """The checkpoint files of one rank in ``folder``.
+
+    The volumes are the accumulators of :class:`~napari_subtomo_recon.core.backprojection.
+    Accumulators`: ``data`` complex128 and ``weight`` float64, both (2, s, s, s//2+1)
+    [half set, z, y, x].  ``fingerprint`` (JSON-serialisable) identifies the inputs and
+    settings; a checkpoint made with another fingerprint is refused.
+    """
+
+    def __init__(self, folder: Path, fingerprint: dict[str, Any], rank: int = 0):
         self.folder = Path(folder)
         self.fingerprint = fingerprint
         self.prefix = f"checkpoint_rank{rank}"
@@ -31,7 +41,9 @@ class Checkpoint:
     def record(self) -> Path:
         return self.folder / f"{self.prefix}.json"
 
-    def save(self, finished: list[str], data: np.ndarray, weight: np.ndarray) -> None:
+    def save(
+        self, finished: list[str], data: NDArray[np.complex128], weight: NDArray[np.float64]
+    ) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         gen = len(finished)
         names = {
@@ -51,13 +63,14 @@ class Checkpoint:
                 if name not in names.values():
                     (self.folder / name).unlink(missing_ok=True)
 
-    def _read_record(self) -> dict | None:
+    def _read_record(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.record.read_text())
+            record: dict[str, Any] = json.loads(self.record.read_text())
+            return record
         except (OSError, ValueError):
             return None
 
-    def load(self) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    def load(self) -> tuple[list[str], NDArray[np.complex128], NDArray[np.float64]] | None:
         """The saved state, or None if there is none.  Refuses a checkpoint of other settings."""
         rec = self._read_record()
         if rec is None:
@@ -68,8 +81,8 @@ class Checkpoint:
                 "remove the temp folder or run without --only_do_unfinished"
             )
         try:
-            data = np.load(self.folder / rec["files"]["data"])
-            weight = np.load(self.folder / rec["files"]["weight"])
+            data: NDArray[np.complex128] = np.load(self.folder / rec["files"]["data"])
+            weight: NDArray[np.float64] = np.load(self.folder / rec["files"]["weight"])
         except (OSError, ValueError, KeyError) as e:
             raise InputError(f"{self.record}: checkpoint volumes are unreadable ({e})") from None
         return list(rec["finished"]), data, weight

@@ -7,12 +7,19 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import mrcfile
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from ..errors import InputError
 from .atomic import atomic_path
+
+if TYPE_CHECKING:
+    from mrcfile.mrcmemmap import MrcMemmap
+
+    from ._typing import StrPath
 
 
 def parse_image_ref(ref: str) -> tuple[str, int | None]:
@@ -40,7 +47,7 @@ def parse_image_ref(ref: str) -> tuple[str, int | None]:
     return ref, index
 
 
-def _open(path: str, what: str):
+def _open(path: str, what: str) -> MrcMemmap:
     p = Path(path)
     if not p.exists():
         raise InputError(f"{path}: {what} not found")
@@ -59,8 +66,8 @@ def _open(path: str, what: str):
 class _Layout:
     """Where the pixels of an MRC file are: enough to read one image without the rest."""
 
-    offset: int
-    dtype: np.dtype
+    offset: int  # bytes before the first pixel (header and extended header)
+    dtype: np.dtype[Any]  # pixel type as stored (byte order included)
     shape: tuple[int, int, int]  # (n_images, ny, nx)
 
 
@@ -89,7 +96,8 @@ def _layout(path: str, what: str) -> _Layout:
     size = p.stat().st_size
     if size < need:
         raise InputError(f"{path}: not a readable MRC file (truncated: {size} of {need} bytes)")
-    return _Layout(offset, dtype, tuple(int(v) for v in shape))
+    n, ny, nx = (int(v) for v in shape)
+    return _Layout(offset, dtype, (n, ny, nx))
 
 
 def image_shape(path: str, what: str = "image file") -> tuple[int, int, int]:
@@ -104,7 +112,7 @@ class FrameReader:
     holds one tilt at a time and does not grow with the size or number of tilt series.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._layouts: dict[str, _Layout] = {}
 
     def _frame(self, path: str, index: int | None, what: str) -> tuple[_Layout, int, int]:
@@ -120,7 +128,8 @@ class FrameReader:
             )
         return lay, i, lay.offset + i * ny * nx * lay.dtype.itemsize
 
-    def read(self, path: str, index: int | None, what: str = "tilt image") -> np.ndarray:
+    def read(self, path: str, index: int | None, what: str = "tilt image") -> NDArray[np.float32]:
+        """Image ``index`` (0-based; None: the file's only image) as float32 (ny, nx)."""
         lay, i, offset = self._frame(path, index, what)
         _, ny, nx = lay.shape
         frame = np.fromfile(path, dtype=lay.dtype, count=ny * nx, offset=offset)
@@ -150,15 +159,18 @@ class FrameReader:
     def close(self) -> None:
         self._layouts.clear()
 
-    def __enter__(self):
+    def __enter__(self) -> FrameReader:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def write_map(path: str | os.PathLike, data: np.ndarray, voxel_size: float) -> None:
-    """Write a float32 MRC (x fastest, origin 0) with the voxel size in the header."""
+def write_map(path: StrPath, data: ArrayLike, voxel_size: float) -> None:
+    """Write a float32 MRC (x fastest, origin 0) with the voxel size in the header.
+
+    ``data`` is a map (z, y, x) (or an image (y, x)); it is converted to float32.
+    """
     arr = np.ascontiguousarray(data, dtype=np.float32)
     with atomic_path(path) as tmp:
         with mrcfile.new(tmp, overwrite=True) as m:
@@ -167,7 +179,7 @@ def write_map(path: str | os.PathLike, data: np.ndarray, voxel_size: float) -> N
             m.update_header_stats()
 
 
-def read_map(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+def read_map(path: StrPath) -> tuple[NDArray[np.float32], float]:
     """Read a map fully; returns (data [z,y,x] float32, voxel size in Å)."""
     with _open(str(path), "map") as m:
         data = np.array(m.data, dtype=np.float32)

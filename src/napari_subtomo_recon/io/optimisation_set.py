@@ -21,6 +21,9 @@ LABELS = {
 
 @dataclass
 class OptimisationSet:
+    """The entries of an optimisation set, as written (paths relative to the project folder);
+    an empty string is an entry that is not given."""
+
     particles: str = ""
     tomograms: str = ""
     trajectories: str = ""
@@ -69,6 +72,6 @@ def resolve_inputs(
     return out
 
 
-def optimisation_set_blocks(s: OptimisationSet) -> dict:
+def optimisation_set_blocks(s: OptimisationSet) -> dict[str, dict[str, str]]:
     """The list-style block RELION writes, with empty entries left out."""
     return {"": {label: getattr(s, attr) for attr, label in LABELS.items() if getattr(s, attr)}}

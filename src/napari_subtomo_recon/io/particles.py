@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ._typing import FloatArray, IntArray
 from .star import Table, at, read_star
 from .tomograms import TomogramSet
 
@@ -34,15 +35,15 @@ SUB_ANGLES = ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomo
 
 @dataclass
 class Optics:
-    """Per optics group (row g-1 for group g)."""
+    """Per optics group (row g-1 for group g): arrays of shape (groups,)."""
 
-    pixel_size: np.ndarray
-    voltage: np.ndarray | None = None
-    cs: np.ndarray | None = None
-    q0: np.ndarray | None = None
-    even_zernike: list[np.ndarray] | None = None
-    odd_zernike: list[np.ndarray] | None = None
-    table: pd.DataFrame | None = None
+    pixel_size: FloatArray  # rlnTomoTiltSeriesPixelSize, Å
+    voltage: FloatArray | None = None  # kV
+    cs: FloatArray | None = None  # mm
+    q0: FloatArray | None = None
+    even_zernike: list[FloatArray] | None = None  # one coefficient vector per group
+    odd_zernike: list[FloatArray] | None = None
+    table: pd.DataFrame | None = None  # data_optics as read (None: built from the tomograms)
 
     def __len__(self) -> int:
         return len(self.pixel_size)
@@ -50,16 +51,18 @@ class Optics:
 
 @dataclass
 class ParticleSet:
+    """The n particles of a particle set, in file order."""
+
     path: str
-    tomo_names: list[str]
-    names: list[str]
-    coords: np.ndarray  # (n, 3): centred Å if ``centred`` else unbinned pixels
+    tomo_names: list[str]  # (n) rlnTomoName
+    names: list[str]  # (n) rlnTomoParticleName (or generated <tomo>/<k>)
+    coords: FloatArray  # (n, 3): centred Å if ``centred`` else unbinned pixels
     centred: bool
-    origins_angst: np.ndarray  # (n, 3)
-    angles: np.ndarray | None  # (n, 3) rot, tilt, psi (deg), or None (identity)
-    sub_angles: np.ndarray | None  # (n, 3) or None
-    subset: np.ndarray | None  # (n,) 1 or 2, or None (no half sets)
-    optics_group: np.ndarray  # (n,) 1-based
+    origins_angst: FloatArray  # (n, 3)
+    angles: FloatArray | None  # (n, 3) rot, tilt, psi (deg), or None (identity)
+    sub_angles: FloatArray | None  # (n, 3) or None
+    subset: IntArray | None  # (n,) 1 or 2, or None (no half sets)
+    optics_group: IntArray  # (n,) 1-based
     optics: Optics
     table: pd.DataFrame  # the particle table as read (for writing derived files)
     general: pd.DataFrame | None = None
@@ -71,87 +74,29 @@ class ParticleSet:
     def has_half_sets(self) -> bool:
         return self.subset is not None
 
-    def pixel_size(self) -> np.ndarray:
-        """rlnTomoTiltSeriesPixelSize of each particle's optics group."""
+    def pixel_size(self) -> FloatArray:
+        """rlnTomoTiltSeriesPixelSize of each particle's optics group, (n,)."""
         return self.optics.pixel_size[self.optics_group - 1]
 
 
 def read_particle_set(
     path: str, tomograms: TomogramSet | None = None, root: str | None = None
 ) -> ParticleSet:
+    """Read a RELION 5 (or RELION 4) particle set.
+
+    ``tomograms`` supplies the optics when the file has no (or an empty) ``data_optics``.
+    """
     path = at(root, path)
     blocks = read_star(path, "particle set")
-    general = None
-    if "general" in blocks:
-        general = blocks["general"]
-        if "rlnTomoSubTomosAre2DStacks" not in general.columns:
-            raise InputError(f"{path}: data_general has no rlnTomoSubTomosAre2DStacks")
-    if "particles" not in blocks:
-        raise InputError(f"{path}: particle set has no data_particles block")
-    t = Table(blocks["particles"], path, "particles")
-    if len(t) == 0:
-        raise InputError(f"{path}: data_particles is empty: there are no particles")
+    general = _general_block(blocks, path)
+    t = _particle_table(blocks, path)
     tomo_names = t.strings("rlnTomoName")
-
-    if t.has_all(*CENTRED):
-        coords = np.stack([t.floats(lb) for lb in CENTRED], -1)
-        centred = True
-    elif t.has_all(*PIXEL):
-        coords = np.stack([t.floats(lb) for lb in PIXEL], -1)
-        centred = False
-    else:
-        raise InputError(
-            f"{path}: data_particles has no particle coordinates "
-            "(rlnCenteredCoordinateX/Y/ZAngst or rlnCoordinateX/Y/Z)"
-        )
+    coords, centred = _coordinates(t, path)
     origins = np.stack([t.floats(lb, 0.0) for lb in ORIGIN], -1)
-    angles = np.stack([t.floats(lb) for lb in ANGLES], -1) if "rlnAngleRot" in t else None
-    sub = (
-        np.stack([t.floats(lb) for lb in SUB_ANGLES], -1) if "rlnTomoSubtomogramRot" in t else None
-    )
-
-    subset = None
-    if "rlnRandomSubset" in t:
-        raw = t.floats("rlnRandomSubset")
-        bad = np.flatnonzero((raw != 1) & (raw != 2))
-        if bad.size:
-            r = int(bad[0])
-            raise InputError(
-                f"{t.where('rlnRandomSubset', r)}: '{t.df['rlnRandomSubset'].iloc[r]}' "
-                "is not a half set (must be 1 or 2)"
-            )
-        subset = raw.astype(np.int64)
-
-    opt_df = blocks.get("optics")
-    if opt_df is None or len(opt_df) == 0:
-        if tomograms is None:
-            raise InputError(f"{path}: particle set has no data_optics block")
-        optics, groups = _optics_from_tomograms(tomo_names, tomograms, path)
-    else:
-        ot = Table(opt_df, path, "optics")
-        optics = Optics(
-            pixel_size=ot.floats("rlnTomoTiltSeriesPixelSize"),
-            voltage=ot.floats("rlnVoltage") if "rlnVoltage" in ot else None,
-            cs=ot.floats("rlnSphericalAberration") if "rlnSphericalAberration" in ot else None,
-            q0=ot.floats("rlnAmplitudeContrast") if "rlnAmplitudeContrast" in ot else None,
-            even_zernike=ot.vectors("rlnEvenZernike") if "rlnEvenZernike" in ot else None,
-            odd_zernike=ot.vectors("rlnOddZernike") if "rlnOddZernike" in ot else None,
-            table=opt_df,
-        )
-        bad_px = np.flatnonzero(optics.pixel_size <= 0)
-        if bad_px.size:
-            raise InputError(
-                f"{ot.where('rlnTomoTiltSeriesPixelSize', int(bad_px[0]))}: must be positive"
-            )
-        groups = t.ints("rlnOpticsGroup")
-        bad = np.flatnonzero((groups < 1) | (groups > len(optics)))
-        if bad.size:
-            r = int(bad[0])
-            raise InputError(
-                f"{t.where('rlnOpticsGroup', r)}: group {groups[r]} does not exist "
-                f"(data_optics has {len(optics)} rows; group g is row g)"
-            )
-
+    angles = _angles(t, ANGLES) if "rlnAngleRot" in t else None
+    sub = _angles(t, SUB_ANGLES) if "rlnTomoSubtomogramRot" in t else None
+    subset = _half_sets(t) if "rlnRandomSubset" in t else None
+    optics, groups = _optics_and_groups(blocks, t, tomo_names, tomograms, path)
     if "rlnTomoParticleName" in t:
         names = t.strings("rlnTomoParticleName")
     else:
@@ -159,11 +104,7 @@ def read_particle_set(
             f"The particles in {path} have no rlnTomoParticleName; naming them <tomogram>/<k>",
             stacklevel=2,
         )
-        counts: dict[str, int] = {}
-        names = []
-        for tn in tomo_names:
-            counts[tn] = counts.get(tn, 0) + 1
-            names.append(f"{tn}/{counts[tn]}")
+        names = _default_particle_names(tomo_names)
 
     return ParticleSet(
         path=str(path),
@@ -182,7 +123,119 @@ def read_particle_set(
     )
 
 
-def _optics_from_tomograms(tomo_names, tomograms: TomogramSet, path) -> tuple[Optics, np.ndarray]:
+def _general_block(blocks: dict[str, pd.DataFrame], path: str) -> pd.DataFrame | None:
+    """``data_general`` (optional; if present it must have rlnTomoSubTomosAre2DStacks)."""
+    if "general" not in blocks:
+        return None
+    general = blocks["general"]
+    if "rlnTomoSubTomosAre2DStacks" not in general.columns:
+        raise InputError(f"{path}: data_general has no rlnTomoSubTomosAre2DStacks")
+    return general
+
+
+def _particle_table(blocks: dict[str, pd.DataFrame], path: str) -> Table:
+    """``data_particles`` (at least one row)."""
+    if "particles" not in blocks:
+        raise InputError(f"{path}: particle set has no data_particles block")
+    t = Table(blocks["particles"], path, "particles")
+    if len(t) == 0:
+        raise InputError(f"{path}: data_particles is empty: there are no particles")
+    return t
+
+
+def _coordinates(t: Table, path: str) -> tuple[FloatArray, bool]:
+    """(n, 3) coordinates and whether they are centred Å (else unbinned pixels)."""
+    if t.has_all(*CENTRED):
+        return np.stack([t.floats(lb) for lb in CENTRED], -1), True
+    if t.has_all(*PIXEL):
+        return np.stack([t.floats(lb) for lb in PIXEL], -1), False
+    raise InputError(
+        f"{path}: data_particles has no particle coordinates "
+        "(rlnCenteredCoordinateX/Y/ZAngst or rlnCoordinateX/Y/Z)"
+    )
+
+
+def _angles(t: Table, labels: tuple[str, str, str]) -> FloatArray:
+    """(n, 3) Euler angles (rot, tilt, psi) in degrees."""
+    return np.stack([t.floats(lb) for lb in labels], -1)
+
+
+def _half_sets(t: Table) -> IntArray:
+    """(n,) rlnRandomSubset, each 1 or 2."""
+    raw = t.floats("rlnRandomSubset")
+    bad = np.flatnonzero((raw != 1) & (raw != 2))
+    if bad.size:
+        r = int(bad[0])
+        raise InputError(
+            f"{t.where('rlnRandomSubset', r)}: '{t.df['rlnRandomSubset'].iloc[r]}' "
+            "is not a half set (must be 1 or 2)"
+        )
+    return raw.astype(np.int64)
+
+
+def _optics_and_groups(
+    blocks: dict[str, pd.DataFrame],
+    t: Table,
+    tomo_names: list[str],
+    tomograms: TomogramSet | None,
+    path: str,
+) -> tuple[Optics, IntArray]:
+    """The optics table and each particle's (1-based) group, shape (n,)."""
+    opt_df = blocks.get("optics")
+    if opt_df is None or len(opt_df) == 0:
+        if tomograms is None:
+            raise InputError(f"{path}: particle set has no data_optics block")
+        return _optics_from_tomograms(tomo_names, tomograms, path)
+    ot = Table(opt_df, path, "optics")
+    optics = _optics_from_table(ot, opt_df)
+    return optics, _optics_groups(t, optics)
+
+
+def _optics_from_table(ot: Table, opt_df: pd.DataFrame) -> Optics:
+    """``data_optics`` as read (row g-1 for group g); pixel sizes must be positive."""
+    optics = Optics(
+        pixel_size=ot.floats("rlnTomoTiltSeriesPixelSize"),
+        voltage=ot.floats("rlnVoltage") if "rlnVoltage" in ot else None,
+        cs=ot.floats("rlnSphericalAberration") if "rlnSphericalAberration" in ot else None,
+        q0=ot.floats("rlnAmplitudeContrast") if "rlnAmplitudeContrast" in ot else None,
+        even_zernike=ot.vectors("rlnEvenZernike") if "rlnEvenZernike" in ot else None,
+        odd_zernike=ot.vectors("rlnOddZernike") if "rlnOddZernike" in ot else None,
+        table=opt_df,
+    )
+    bad_px = np.flatnonzero(optics.pixel_size <= 0)
+    if bad_px.size:
+        raise InputError(
+            f"{ot.where('rlnTomoTiltSeriesPixelSize', int(bad_px[0]))}: must be positive"
+        )
+    return optics
+
+
+def _optics_groups(t: Table, optics: Optics) -> IntArray:
+    """(n,) rlnOpticsGroup, each naming a row of ``optics``."""
+    groups = t.ints("rlnOpticsGroup")
+    bad = np.flatnonzero((groups < 1) | (groups > len(optics)))
+    if bad.size:
+        r = int(bad[0])
+        raise InputError(
+            f"{t.where('rlnOpticsGroup', r)}: group {groups[r]} does not exist "
+            f"(data_optics has {len(optics)} rows; group g is row g)"
+        )
+    return groups
+
+
+def _default_particle_names(tomo_names: list[str]) -> list[str]:
+    """``<tomogram>/<k>``, k counting from 1 within each tomogram (in file order)."""
+    counts: dict[str, int] = {}
+    names = []
+    for tn in tomo_names:
+        counts[tn] = counts.get(tn, 0) + 1
+        names.append(f"{tn}/{counts[tn]}")
+    return names
+
+
+def _optics_from_tomograms(
+    tomo_names: list[str], tomograms: TomogramSet, path: str
+) -> tuple[Optics, IntArray]:
     """RELION's fallback: one group per rlnOpticsGroupName (or tomogram), numbered by first use."""
     by_tomo = {ts.name: ts for ts in tomograms.tomograms}
     order: list[str] = []
@@ -195,7 +248,7 @@ def _optics_from_tomograms(tomo_names, tomograms: TomogramSet, path) -> tuple[Op
             order.append(gname)
             first_tomo[gname] = tn
         groups[i] = order.index(gname) + 1
-    rows = []
+    rows: list[tuple[float, float, float, float]] = []
     for g in order:
         ts = by_tomo.get(first_tomo[g])
         if ts is None:  # particles of unknown tomograms are dropped later; keep a placeholder
@@ -208,10 +261,38 @@ def _optics_from_tomograms(tomo_names, tomograms: TomogramSet, path) -> tuple[Op
 
 def read_trajectories(
     path: str, particles: ParticleSet, root: str | None = None
-) -> list[np.ndarray]:
-    """Per particle, the 3D shifts (Å, tomogram axes) of each frame, from ``motion.star``."""
+) -> list[FloatArray]:
+    """Per particle, the 3D shifts (Å, tomogram axes) of each frame, from ``motion.star``.
+
+    One (frames, 3) array per particle of ``particles``, in its order ((0, 3) for an empty
+    trajectory).
+    """
     path = at(root, path)
     blocks = read_star(path, "trajectory set")
+    _check_particle_number(blocks, path, particles)
+    n = len(particles)
+    others = [(k, v) for k, v in blocks.items() if k != "general"]
+    if others and others[0][0] == "0":
+        warnings.warn(
+            f"The trajectories in {path} have no particle names: matching them by position",
+            stacklevel=2,
+        )
+        if len(others) < n:
+            raise InputError(f"{path}: {len(others)} trajectories for {n} particles")
+        return [_trajectory(path, k, v) for k, v in others[:n]]
+    by_name = dict(others)
+    out = []
+    for name in particles.names:
+        if name not in by_name:
+            raise InputError(f"{path}: no trajectory for particle '{name}' (no block data_{name})")
+        out.append(_trajectory(path, name, by_name[name]))
+    return out
+
+
+def _check_particle_number(
+    blocks: dict[str, pd.DataFrame], path: str, particles: ParticleSet
+) -> None:
+    """``data_general`` must give rlnParticleNumber, at least the number of particles."""
     if "general" not in blocks:
         raise InputError(f"{path}: trajectory set has no data_general block")
     gen = Table(blocks["general"], path, "general")
@@ -224,24 +305,9 @@ def read_trajectories(
             f"{path}: rlnParticleNumber is {count} but the particle set {particles.path} "
             f"has {n} particles"
         )
-    others = [(k, v) for k, v in blocks.items() if k != "general"]
 
-    def shifts(name, df):
-        tb = Table(df, path, name)
-        return np.stack([tb.floats(lb) for lb in ORIGIN], -1) if len(tb) else np.zeros((0, 3))
 
-    if others and others[0][0] == "0":
-        warnings.warn(
-            f"The trajectories in {path} have no particle names: matching them by position",
-            stacklevel=2,
-        )
-        if len(others) < n:
-            raise InputError(f"{path}: {len(others)} trajectories for {n} particles")
-        return [shifts(k, v) for k, v in others[:n]]
-    by_name = dict(others)
-    out = []
-    for name in particles.names:
-        if name not in by_name:
-            raise InputError(f"{path}: no trajectory for particle '{name}' (no block data_{name})")
-        out.append(shifts(name, by_name[name]))
-    return out
+def _trajectory(path: str, name: str, df: pd.DataFrame) -> FloatArray:
+    """The (frames, 3) shifts of block ``data_<name>``."""
+    tb = Table(df, path, name)
+    return np.stack([tb.floats(lb) for lb in ORIGIN], -1) if len(tb) else np.zeros((0, 3))

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import linecache
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import starfile
 
 from ..errors import InputError
+from ._typing import FloatArray, IntArray, StrPath
 
 # Labels whose values are names or paths: never let pandas turn them into numbers.
 STRING_LABELS = [
@@ -48,7 +51,7 @@ STRING_LABELS = [
 ]
 
 
-def at(root: str | os.PathLike | None, path: str | os.PathLike) -> str:
+def at(root: StrPath | None, path: StrPath) -> str:
     """``path`` as RELION resolves it: relative paths are relative to the project folder
     ``root`` (the working directory when ``root`` is None)."""
     path = str(path)
@@ -57,8 +60,19 @@ def at(root: str | os.PathLike | None, path: str | os.PathLike) -> str:
     return os.path.join(str(root), path)
 
 
-def read_star(path: str | os.PathLike, what: str = "STAR file") -> dict[str, pd.DataFrame]:
-    """Read every block of a STAR file; ``what`` names the file's role in errors."""
+def read_star(path: StrPath, what: str = "STAR file") -> dict[str, pd.DataFrame]:
+    """Read every block of a STAR file; ``what`` names the file's role in errors.
+
+    Every block comes back as a DataFrame of (rows, labels); a list-style block is one row.
+    """
+    blocks = _parse_blocks(_readable_file(path, what), path, what)
+    return {
+        str(name): _checked_block(block, path, what, str(name)) for name, block in blocks.items()
+    }
+
+
+def _readable_file(path: StrPath, what: str) -> Path:
+    """``path`` as a Path, or a one-line error if it is missing, not a file or unreadable."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{path}: {what} not found")
@@ -66,6 +80,11 @@ def read_star(path: str | os.PathLike, what: str = "STAR file") -> dict[str, pd.
         raise InputError(f"{path}: {what} is not a file")
     if not os.access(p, os.R_OK):
         raise InputError(f"{path}: {what} is not readable")
+    return p
+
+
+def _parse_blocks(p: Path, path: StrPath, what: str) -> dict[Any, Any]:
+    """starfile's blocks (DataFrames or dicts), or a one-line error naming ``path``."""
     # starfile reads lines through linecache and clears it only after a successful parse:
     # after a parse error the next read of the same path would see the stale lines.
     linecache.clearcache()
@@ -78,21 +97,24 @@ def read_star(path: str | os.PathLike, what: str = "STAR file") -> dict[str, pd.
         raise InputError(f"{path}: cannot parse {what} ({msg})") from None
     if not isinstance(blocks, dict) or not blocks:
         raise InputError(f"{path}: {what} contains no data blocks")
-    out: dict[str, pd.DataFrame] = {}
-    for name, block in blocks.items():
-        if isinstance(block, dict):
-            block = pd.DataFrame({k: [v] for k, v in block.items()})
-        if not isinstance(block, pd.DataFrame):
-            raise InputError(f"{path}: cannot parse {what} (block data_{name})")
-        dup = block.columns[block.columns.duplicated()]
-        if len(dup):
-            raise InputError(f"{path}: data_{name} has the label {dup[0]} more than once")
-        _reject_multiline_values(block, path, str(name))
-        out[str(name)] = block
-    return out
+    return blocks
 
 
-def _reject_multiline_values(block: pd.DataFrame, path, name: str) -> None:
+def _checked_block(block: Any, path: StrPath, what: str, name: str) -> pd.DataFrame:
+    """One block as a DataFrame (a list-style block becomes one row), checked for duplicate
+    labels and for values that span several lines."""
+    if isinstance(block, dict):
+        block = pd.DataFrame({k: [v] for k, v in block.items()})
+    if not isinstance(block, pd.DataFrame):
+        raise InputError(f"{path}: cannot parse {what} (block data_{name})")
+    dup = block.columns[block.columns.duplicated()]
+    if len(dup):
+        raise InputError(f"{path}: data_{name} has the label {dup[0]} more than once")
+    _reject_multiline_values(block, path, name)
+    return block
+
+
+def _reject_multiline_values(block: pd.DataFrame, path: StrPath, name: str) -> None:
     """An unbalanced quote makes pandas swallow the following lines into one value."""
     for k, label in enumerate(block.columns):
         col = block.iloc[:, k]
@@ -108,7 +130,7 @@ def _reject_multiline_values(block: pd.DataFrame, path, name: str) -> None:
 
 
 def require_block(
-    blocks: dict[str, pd.DataFrame], name: str, path: str | os.PathLike, what: str
+    blocks: dict[str, pd.DataFrame], name: str, path: StrPath, what: str
 ) -> pd.DataFrame:
     if name not in blocks:
         raise InputError(f"{path}: {what} has no data_{name} block")
@@ -116,12 +138,16 @@ def require_block(
 
 
 class Table:
-    """A STAR table with typed, error-reporting column access."""
+    """A STAR table with typed, error-reporting column access.
 
-    def __init__(self, df: pd.DataFrame, path: str | os.PathLike, block: str):
-        self.df = df.reset_index(drop=True)
-        self.path = str(path)
-        self.block = block
+    ``df`` holds the block's rows (re-indexed 0..n-1); ``path`` and ``block`` name the file
+    and the ``data_`` block in error messages.
+    """
+
+    def __init__(self, df: pd.DataFrame, path: StrPath, block: str):
+        self.df: pd.DataFrame = df.reset_index(drop=True)
+        self.path: str = str(path)
+        self.block: str = block
 
     def __len__(self) -> int:
         return len(self.df)
@@ -143,21 +169,22 @@ class Table:
     def missing(self, label: str) -> InputError:
         return InputError(f"{self.path}: data_{self.block} has no {label} column")
 
-    def floats(self, label: str, default: float | None = None) -> np.ndarray:
-        """A numeric column as float64; ``default`` fills a missing column."""
+    def floats(self, label: str, default: float | None = None) -> FloatArray:
+        """A numeric column as float64, shape (rows,); ``default`` fills a missing column."""
         if label not in self.df.columns:
             if default is None:
                 raise self.missing(label)
             return np.full(len(self.df), float(default))
         col = self.df[label]
-        values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+        values: FloatArray = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             r = int(bad[0])
             raise InputError(f"{self.where(label, r)}: '{col.iloc[r]}' is not a finite number")
         return values
 
-    def ints(self, label: str, default: int | None = None) -> np.ndarray:
+    def ints(self, label: str, default: int | None = None) -> IntArray:
+        """A column of whole numbers as int64, shape (rows,) (``default`` as in ``floats``)."""
         values = self.floats(label, None if default is None else float(default))
         bad = np.flatnonzero(values != np.round(values))
         if bad.size:
@@ -195,15 +222,16 @@ class Table:
             return default
         return str(self.df[label].iloc[row])
 
-    def vectors(self, label: str, length: int | None = None) -> list[np.ndarray]:
-        """A column of RELION vectors written as ``[a,b,c]``."""
+    def vectors(self, label: str, length: int | None = None) -> list[FloatArray]:
+        """A column of RELION vectors written as ``[a,b,c]``: one (length,) array per row."""
         out = []
         for r, v in enumerate(self.strings(label)):
             out.append(parse_vector(v, self.where(label, r), length))
         return out
 
 
-def parse_vector(text: str, where: str, length: int | None = None) -> np.ndarray:
+def parse_vector(text: str, where: str, length: int | None = None) -> FloatArray:
+    """``[a,b,c]`` (or ``a b c``) as a float64 array; ``where`` starts the error message."""
     t = str(text).strip()
     if t.startswith("[") and t.endswith("]"):
         t = t[1:-1]
@@ -218,11 +246,12 @@ def parse_vector(text: str, where: str, length: int | None = None) -> np.ndarray
     return vals
 
 
-def format_vector(v) -> str:
+def format_vector(v: Iterable[float]) -> str:
+    """``[a,b,c]`` with every number written in full (``repr``)."""
     return "[" + ",".join(repr(float(x)) for x in v) + "]"
 
 
-def write_star(blocks: dict[str, pd.DataFrame | dict], path: str | os.PathLike) -> None:
+def write_star(blocks: Mapping[str, pd.DataFrame | Mapping[str, Any]], path: StrPath) -> None:
     """Write blocks in the given order (dicts become list-style blocks), atomically."""
     from .atomic import atomic_path
 

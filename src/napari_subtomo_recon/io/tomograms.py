@@ -18,12 +18,20 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
 from ..errors import InputError
+from ._typing import FloatArray
 from .mrc import image_shape, parse_image_ref
 from .star import Table, at, parse_vector, read_star
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: A tilt image: (file, 0-based image number in it, or None for a file that is one image).
+Frame: TypeAlias = tuple[str, int | None]
 
 R5_ANGLE_LABELS = ("rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst", "rlnTomoYShiftAngst")
 R4_MATRIX_LABELS = ("rlnTomoProjX", "rlnTomoProjY", "rlnTomoProjZ", "rlnTomoProjW")
@@ -31,7 +39,11 @@ R4_MATRIX_LABELS = ("rlnTomoProjX", "rlnTomoProjY", "rlnTomoProjZ", "rlnTomoProj
 
 @dataclass
 class TiltSeries:
-    """One tilt series with everything the reconstruction needs, per frame f."""
+    """One tilt series with everything the reconstruction needs, per frame f.
+
+    Per-frame arrays have shape (fc,) (fc = the frame count), in the row order of the
+    tilt-series table, which is the frame index.
+    """
 
     name: str
     source: str  # the star file (and block) it was read from, for messages
@@ -46,17 +58,17 @@ class TiltSeries:
     defocus_slope: float
     # Geometry as written: RELION 4 matrices (fc, 4, 4), or RELION 5 angles (deg) and
     # shifts (Å).  core.geometry.tilt_projections turns either into P_f.
-    r4_projection: np.ndarray | None
-    tilt_angles: np.ndarray | None  # (fc, 3): rlnTomoXTilt, rlnTomoYTilt, rlnTomoZRot
-    shifts_angst: np.ndarray | None  # (fc, 2): rlnTomoXShiftAngst, rlnTomoYShiftAngst
-    defocus_u: np.ndarray  # (fc,) Å
-    defocus_v: np.ndarray
-    defocus_angle: np.ndarray  # deg
-    pre_exposure: np.ndarray  # e/Å², cumulative dose before the tilt
-    ctf_scale: np.ndarray
-    ctf_bfactor: np.ndarray
-    phase_shift: np.ndarray  # deg
-    frames: list[tuple[str, int | None]]  # (file, 0-based index or None) per frame
+    r4_projection: FloatArray | None  # (fc, 4, 4)
+    tilt_angles: FloatArray | None  # (fc, 3): rlnTomoXTilt, rlnTomoYTilt, rlnTomoZRot
+    shifts_angst: FloatArray | None  # (fc, 2): rlnTomoXShiftAngst, rlnTomoYShiftAngst
+    defocus_u: FloatArray  # (fc,) Å
+    defocus_v: FloatArray  # (fc,) Å
+    defocus_angle: FloatArray  # (fc,) deg
+    pre_exposure: FloatArray  # (fc,) e/Å², cumulative dose before the tilt
+    ctf_scale: FloatArray  # (fc,)
+    ctf_bfactor: FloatArray  # (fc,) Å²
+    phase_shift: FloatArray  # (fc,) deg
+    frames: list[Frame]  # (file, 0-based index or None) per frame
     optics_group_name: str | None = None
     global_row: int = 0
 
@@ -65,13 +77,15 @@ class TiltSeries:
         return len(self.frames)
 
     @property
-    def centre(self) -> np.ndarray:
+    def centre(self) -> FloatArray:
         """The tomogram centre for de-centring coordinates and depth: N/2 (real division)."""
         return np.array(self.size, dtype=np.float64) / 2.0
 
 
 @dataclass
 class TomogramSet:
+    """The tilt series of a tomogram set, in the order of the rows of ``data_global``."""
+
     path: str
     tomograms: list[TiltSeries] = field(default_factory=list)
     global_table: Table | None = None
@@ -97,6 +111,29 @@ def read_tomogram_set(path: str, check_images: bool = True, root: str | None = N
     """
     path = at(root, path)
     blocks = read_star(path, "tomogram set")
+    glob, names = _global_table(blocks, path)
+    if "rlnTomoTiltSeriesStarFile" in glob:
+        tables = _r5_tilt_tables(glob, names, path, root)
+    else:
+        warnings.warn(
+            f"{path} has no rlnTomoTiltSeriesStarFile: reading it as a RELION 4 tomogram set",
+            stacklevel=2,
+        )
+        tables = _r4_tilt_tables(blocks, names, path)
+
+    out = TomogramSet(path=str(path), global_table=glob)
+    for r, (name, table) in enumerate(zip(names, tables, strict=True)):
+        out.tomograms.append(_load_tilt_series(glob, r, name, table, check_images, root))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The global table and the per-tilt tables
+# ---------------------------------------------------------------------------------------------
+
+
+def _global_table(blocks: dict[str, pd.DataFrame], path: str) -> tuple[Table, list[str]]:
+    """``data_global`` and its tomogram names (one per row, unique)."""
     if "global" not in blocks:
         raise InputError(f"{path}: tomogram set has no data_global block")
     glob = Table(blocks["global"], path, "global")
@@ -108,64 +145,126 @@ def read_tomogram_set(path: str, check_images: bool = True, root: str | None = N
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise InputError(f"{path}: data_global lists tomogram '{sorted(dup)[0]}' more than once")
+    return glob, names
 
+
+def _r5_tilt_tables(glob: Table, names: list[str], path: str, root: str | None) -> list[Table]:
+    """RELION 5: block ``data_<name>`` of each row's ``rlnTomoTiltSeriesStarFile``."""
+    star_files = glob.strings("rlnTomoTiltSeriesStarFile")
+    cache: dict[str, dict[str, pd.DataFrame]] = {}
     tables: list[Table] = []
-    if "rlnTomoTiltSeriesStarFile" in glob:
-        star_files = glob.strings("rlnTomoTiltSeriesStarFile")
-        cache: dict[str, dict] = {}
-        for r, (name, fn) in enumerate(zip(names, star_files, strict=True)):
-            if fn not in cache:
-                try:
-                    cache[fn] = read_star(
-                        at(root, fn), f"tilt-series star file of tomogram '{name}'"
-                    )
-                except InputError as e:
-                    raise InputError(
-                        f"{e} (from {glob.where('rlnTomoTiltSeriesStarFile', r)})"
-                    ) from None
-            tb = cache[fn]
-            if name not in tb or len(tb[name]) == 0:
+    for r, (name, fn) in enumerate(zip(names, star_files, strict=True)):
+        if fn not in cache:
+            try:
+                cache[fn] = read_star(at(root, fn), f"tilt-series star file of tomogram '{name}'")
+            except InputError as e:
                 raise InputError(
-                    f"{fn}: no rows in block data_{name} "
-                    f"(the tilt series named in {path} row {r + 1})"
-                )
-            t = Table(tb[name], fn, name)
-            if "rlnMicrographPreExposure" not in t:
-                raise t.missing("rlnMicrographPreExposure")
-            tables.append(t)
-    else:
-        warnings.warn(
-            f"{path} has no rlnTomoTiltSeriesStarFile: reading it as a RELION 4 tomogram set",
-            stacklevel=2,
-        )
-        others = [(k, v) for k, v in blocks.items() if k != "global"]
-        for r, name in enumerate(names):
-            if r >= len(others) or others[r][0] != name:
-                found = others[r][0] if r < len(others) else "nothing"
-                raise InputError(
-                    f"{path}: RELION 4 tomogram set: block {r + 2} should be data_{name} "
-                    f"(global row {r + 1}) but is {'data_' + found if r < len(others) else found}"
-                )
-            tables.append(Table(others[r][1], path, name))
+                    f"{e} (from {glob.where('rlnTomoTiltSeriesStarFile', r)})"
+                ) from None
+        tb = cache[fn]
+        if name not in tb or len(tb[name]) == 0:
+            raise InputError(
+                f"{fn}: no rows in block data_{name} (the tilt series named in {path} row {r + 1})"
+            )
+        t = Table(tb[name], fn, name)
+        if "rlnMicrographPreExposure" not in t:
+            raise t.missing("rlnMicrographPreExposure")
+        tables.append(t)
+    return tables
 
-    out = TomogramSet(path=str(path), global_table=glob)
-    for r, (name, table) in enumerate(zip(names, tables, strict=True)):
-        out.tomograms.append(_load_tilt_series(glob, r, name, table, check_images, root))
-    return out
+
+def _r4_tilt_tables(blocks: dict[str, pd.DataFrame], names: list[str], path: str) -> list[Table]:
+    """RELION 4: the blocks after ``data_global`` of the same file, in the order of its rows."""
+    others = [(k, v) for k, v in blocks.items() if k != "global"]
+    tables: list[Table] = []
+    for r, name in enumerate(names):
+        if r >= len(others) or others[r][0] != name:
+            found = others[r][0] if r < len(others) else "nothing"
+            raise InputError(
+                f"{path}: RELION 4 tomogram set: block {r + 2} should be data_{name} "
+                f"(global row {r + 1}) but is {'data_' + found if r < len(others) else found}"
+            )
+        tables.append(Table(others[r][1], path, name))
+    return tables
+
+
+# ---------------------------------------------------------------------------------------------
+# One tilt series: global row r of the tomogram set and its per-tilt table m
+# ---------------------------------------------------------------------------------------------
 
 
 def _load_tilt_series(
     glob: Table, r: int, name: str, m: Table, check_images: bool, root: str | None = None
 ) -> TiltSeries:
-    gpath = glob.path
+    """The tilt series of global row ``r``; ``m`` is its per-tilt table (one row per frame)."""
+    size = _tomogram_size(glob, r)
+    optics = _global_optics(glob, r)
+    _reject_deformations(glob, r, m)
+    if "rlnTomoTiltSeriesName" in glob:
+        frames, image_size = _stack_frames(glob, r, name, m, check_images, root)
+    else:
+        frames, image_size = _micrograph_frames(glob, name, m, check_images, root)
+    fc = len(frames)
+    r4, angles, shifts = _frame_geometry(m, name, fc)
+    du, dv = _frame_column(m, "rlnDefocusU", fc), _frame_column(m, "rlnDefocusV", fc)
+    _reject_zero_ctf(m, du, dv, optics)
+    return TiltSeries(
+        name=name,
+        source=f"{m.path} data_{name}",
+        size=size,
+        image_size=image_size,
+        pixel_size=optics.pixel_size,
+        hand=optics.hand,
+        voltage=optics.voltage,
+        cs=optics.cs,
+        q0=optics.q0,
+        bfactor_per_dose=optics.bfactor_per_dose,
+        defocus_slope=optics.defocus_slope,
+        r4_projection=r4,
+        tilt_angles=angles,
+        shifts_angst=shifts,
+        defocus_u=du,
+        defocus_v=dv,
+        defocus_angle=_frame_column(m, "rlnDefocusAngle", fc),
+        pre_exposure=_frame_column(m, "rlnMicrographPreExposure", fc),
+        ctf_scale=_frame_column(m, "rlnCtfScalefactor", fc, 1.0),
+        ctf_bfactor=_frame_column(m, "rlnCtfBfactor", fc, 0.0),
+        phase_shift=_frame_column(m, "rlnPhaseShift", fc, 0.0),
+        frames=frames,
+        optics_group_name=optics.group_name,
+        global_row=r,
+    )
+
+
+def _tomogram_size(glob: Table, r: int) -> tuple[int, int, int]:
+    """(w0, h0, d0) of global row ``r``, in unbinned tilt-series pixels (all positive)."""
     for label in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"):
         if label not in glob:
             raise glob.missing(label)
-    size = tuple(
+    x, y, z = (
         int(round(glob.float_at(lb, r))) for lb in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")
     )
+    size = (x, y, z)
     if min(size) <= 0:
         raise InputError(f"{glob.where('rlnTomoSizeX', r)}: tomogram size {size} must be positive")
+    return size
+
+
+@dataclass(frozen=True)
+class _GlobalOptics:
+    """The per-tomogram scalars of global row r (checked)."""
+
+    hand: float
+    pixel_size: float  # Å
+    voltage: float  # kV
+    cs: float  # mm
+    q0: float
+    bfactor_per_dose: float
+    defocus_slope: float
+    group_name: str | None
+
+
+def _global_optics(glob: Table, r: int) -> _GlobalOptics:
     hand = glob.float_at("rlnTomoHand", r)
     if "rlnTomoTiltSeriesPixelSize" not in glob:
         raise glob.missing("rlnTomoTiltSeriesPixelSize")
@@ -181,10 +280,19 @@ def _load_tilt_series(
         raise InputError(f"{glob.where('rlnAmplitudeContrast', r)}: {q0} is not in [0, 1]")
     if voltage <= 0:
         raise InputError(f"{glob.where('rlnVoltage', r)}: {voltage} kV must be positive")
-    bfac_dose = glob.float_at("rlnCtfBfactorPerElectronDose", r, 0.0)
-    slope = glob.float_at("rlnTomoDefocusSlope", r, 1.0)
-    og_name = glob.string_at("rlnOpticsGroupName", r, "") or None
+    return _GlobalOptics(
+        hand=hand,
+        pixel_size=px,
+        voltage=voltage,
+        cs=cs,
+        q0=q0,
+        bfactor_per_dose=glob.float_at("rlnCtfBfactorPerElectronDose", r, 0.0),
+        defocus_slope=glob.float_at("rlnTomoDefocusSlope", r, 1.0),
+        group_name=glob.string_at("rlnOpticsGroupName", r, "") or None,
+    )
 
+
+def _reject_deformations(glob: Table, r: int, m: Table) -> None:
     if "rlnTomoDeformationGridSizeX" in glob and "rlnTomoDeformationGridSizeY" in glob:
         if "rlnTomoDeformationCoefficients" in m:
             raise InputError(
@@ -192,94 +300,141 @@ def _load_tilt_series(
                 "are not supported; use tilt series without rlnTomoDeformation* labels"
             )
 
-    # --- images -----------------------------------------------------------------
-    if "rlnTomoTiltSeriesName" in glob:
+
+# --- images ----------------------------------------------------------------------------------
+
+
+def _stack_frames(
+    glob: Table, r: int, name: str, m: Table, check_images: bool, root: str | None
+) -> tuple[list[Frame], tuple[int, int]]:
+    """Option A: frame f is slice f of the stack ``rlnTomoTiltSeriesName``.
+
+    Returns the frames and the image size (W, H) ((0, 0) without ``check_images``).
+    """
+    try:
+        stack, _ = parse_image_ref(glob.string_at("rlnTomoTiltSeriesName", r))
+        stack = at(root, stack)
+    except InputError as e:
+        raise InputError(f"{glob.where('rlnTomoTiltSeriesName', r)}: {e}") from None
+    fc = int(round(glob.float_at("rlnTomoFrameCount", r)))
+    if fc < 1:
+        raise InputError(f"{glob.where('rlnTomoFrameCount', r)}: {fc} frames (at least 1)")
+    if fc > len(m):
+        raise InputError(
+            f"{glob.where('rlnTomoFrameCount', r)}: {fc} frames, but {m.path} data_{name} "
+            f"has only {len(m)} rows"
+        )
+    frames: list[Frame] = [(stack, f) for f in range(fc)]
+    if not check_images:
+        return frames, (0, 0)
+    n, h_, w_ = image_shape(stack, f"tilt-series stack of tomogram '{name}'")
+    if n < fc:
+        raise InputError(f"{stack}: stack holds {n} images but tomogram '{name}' has {fc} frames")
+    return frames, (w_, h_)
+
+
+def _micrograph_frames(
+    glob: Table, name: str, m: Table, check_images: bool, root: str | None
+) -> tuple[list[Frame], tuple[int, int]]:
+    """Each row's ``rlnMicrographName`` (``N@stack`` or a file) is a frame.
+
+    Returns the frames and the image size (W, H) ((0, 0) without ``check_images``).
+    """
+    if "rlnMicrographName" not in m:
+        raise InputError(
+            f"{m.path}: data_{name} has no rlnMicrographName column and {glob.path} data_global "
+            "has no rlnTomoTiltSeriesName"
+        )
+    if len(m) == 0:
+        raise InputError(f"{m.path}: data_{name} has no rows (no tilt images)")
+    frames: list[Frame] = []
+    for f, ref in enumerate(m.strings("rlnMicrographName")):
         try:
-            stack, _ = parse_image_ref(glob.string_at("rlnTomoTiltSeriesName", r))
-            stack = at(root, stack)
+            fn, idx = parse_image_ref(ref)
+            frames.append((at(root, fn), idx))
         except InputError as e:
-            raise InputError(f"{glob.where('rlnTomoTiltSeriesName', r)}: {e}") from None
-        fc = int(round(glob.float_at("rlnTomoFrameCount", r)))
-        if fc < 1:
-            raise InputError(f"{glob.where('rlnTomoFrameCount', r)}: {fc} frames (at least 1)")
-        if fc > len(m):
-            raise InputError(
-                f"{glob.where('rlnTomoFrameCount', r)}: {fc} frames, but {m.path} data_{name} "
-                f"has only {len(m)} rows"
-            )
-        frames: list[tuple[str, int | None]] = [(stack, f) for f in range(fc)]
-        if check_images:
-            n, h_, w_ = image_shape(stack, f"tilt-series stack of tomogram '{name}'")
-            if n < fc:
-                raise InputError(
-                    f"{stack}: stack holds {n} images but tomogram '{name}' has {fc} frames"
-                )
-            image_size = (w_, h_)
-        else:
-            image_size = (0, 0)
-    else:
-        if "rlnMicrographName" not in m:
-            raise InputError(
-                f"{m.path}: data_{name} has no rlnMicrographName column and {gpath} data_global "
-                "has no rlnTomoTiltSeriesName"
-            )
-        fc = len(m)
-        if fc == 0:
-            raise InputError(f"{m.path}: data_{name} has no rows (no tilt images)")
-        refs = m.strings("rlnMicrographName")
-        frames = []
-        for f, ref in enumerate(refs):
+            raise InputError(f"{m.where('rlnMicrographName', f)}: {e}") from None
+    if not check_images:
+        return frames, (0, 0)
+    return frames, _micrograph_image_size(name, m, frames)
+
+
+def _micrograph_image_size(name: str, m: Table, frames: list[Frame]) -> tuple[int, int]:
+    """(W, H) of the tilt images, which must exist and all have the same size."""
+    image_size = (0, 0)
+    shapes: dict[str, tuple[int, int, int]] = {}
+    for f, (fn, idx) in enumerate(frames):
+        if fn not in shapes:
             try:
-                fn, idx = parse_image_ref(ref)
-                frames.append((at(root, fn), idx))
+                shapes[fn] = image_shape(fn, f"tilt image of tomogram '{name}'")
             except InputError as e:
-                raise InputError(f"{m.where('rlnMicrographName', f)}: {e}") from None
-        image_size = (0, 0)
-        if check_images:
-            shapes: dict[str, tuple[int, int, int]] = {}
-            for f, (fn, idx) in enumerate(frames):
-                if fn not in shapes:
-                    try:
-                        shapes[fn] = image_shape(fn, f"tilt image of tomogram '{name}'")
-                    except InputError as e:
-                        raise InputError(f"{e} (from {m.where('rlnMicrographName', f)})") from None
-                n, h_, w_ = shapes[fn]
-                if idx is not None and idx >= n:
-                    raise InputError(
-                        f"{m.where('rlnMicrographName', f)}: image {idx + 1} of {fn} requested, "
-                        f"but the stack holds {n} images"
-                    )
-                if f == 0:
-                    image_size = (w_, h_)
-                elif (w_, h_) != image_size:
-                    raise InputError(
-                        f"{m.where('rlnMicrographName', f)}: image size {w_}x{h_} differs from "
-                        f"frame 1 ({image_size[0]}x{image_size[1]})"
-                    )
+                raise InputError(f"{e} (from {m.where('rlnMicrographName', f)})") from None
+        n, h_, w_ = shapes[fn]
+        if idx is not None and idx >= n:
+            raise InputError(
+                f"{m.where('rlnMicrographName', f)}: image {idx + 1} of {fn} requested, "
+                f"but the stack holds {n} images"
+            )
+        if f == 0:
+            image_size = (w_, h_)
+        elif (w_, h_) != image_size:
+            raise InputError(
+                f"{m.where('rlnMicrographName', f)}: image size {w_}x{h_} differs from "
+                f"frame 1 ({image_size[0]}x{image_size[1]})"
+            )
+    return image_size
 
-    # --- per-frame metadata (first fc rows) --------------------------------------
-    def col(label, default=None):
-        return m.floats(label, default)[:fc]
 
-    r4 = angles = shifts = None
-    if m.has_all(*R4_MATRIX_LABELS):
-        r4 = np.zeros((fc, 4, 4))
-        for i, label in enumerate(R4_MATRIX_LABELS):
-            rows = [
-                parse_vector(v, m.where(label, f), 4) for f, v in enumerate(m.strings(label)[:fc])
-            ]
-            r4[:, i, :] = np.array(rows)
+# --- per-frame metadata (the first fc rows) ----------------------------------------------------
+
+
+def _frame_column(m: Table, label: str, fc: int, default: float | None = None) -> FloatArray:
+    """Column ``label`` of the first ``fc`` rows, (fc,) float64."""
+    return m.floats(label, default)[:fc]
+
+
+def _frame_geometry(
+    m: Table, name: str, fc: int
+) -> tuple[FloatArray | None, FloatArray | None, FloatArray | None]:
+    """(RELION 4 matrices (fc, 4, 4), RELION 5 angles (fc, 3), RELION 5 shifts (fc, 2)),
+    each None when its labels are not all present (at least one of the two kinds is)."""
+    r4 = _r4_matrices(m, fc) if m.has_all(*R4_MATRIX_LABELS) else None
+    angles = shifts = None
     if m.has_all(*R5_ANGLE_LABELS):
-        angles = np.stack([col("rlnTomoXTilt", 0.0), col("rlnTomoYTilt"), col("rlnTomoZRot")], -1)
-        shifts = np.stack([col("rlnTomoXShiftAngst"), col("rlnTomoYShiftAngst")], -1)
+        angles = np.stack(
+            [
+                _frame_column(m, "rlnTomoXTilt", fc, 0.0),
+                _frame_column(m, "rlnTomoYTilt", fc),
+                _frame_column(m, "rlnTomoZRot", fc),
+            ],
+            -1,
+        )
+        shifts = np.stack(
+            [
+                _frame_column(m, "rlnTomoXShiftAngst", fc),
+                _frame_column(m, "rlnTomoYShiftAngst", fc),
+            ],
+            -1,
+        )
     if r4 is None and angles is None:
         raise InputError(
             f"{m.path}: data_{name} has neither tilt angles ({', '.join(R5_ANGLE_LABELS)}) "
             f"nor projection matrices ({', '.join(R4_MATRIX_LABELS)})"
         )
+    return r4, angles, shifts
 
-    du, dv = col("rlnDefocusU"), col("rlnDefocusV")
-    if q0 < 1e-6 and abs(cs) < 1e-6:
+
+def _r4_matrices(m: Table, fc: int) -> FloatArray:
+    """The RELION 4 projection matrices (fc, 4, 4): rows rlnTomoProjX..W of each frame."""
+    r4 = np.zeros((fc, 4, 4))
+    for i, label in enumerate(R4_MATRIX_LABELS):
+        rows = [parse_vector(v, m.where(label, f), 4) for f, v in enumerate(m.strings(label)[:fc])]
+        r4[:, i, :] = np.array(rows)
+    return r4
+
+
+def _reject_zero_ctf(m: Table, du: FloatArray, dv: FloatArray, optics: _GlobalOptics) -> None:
+    if optics.q0 < 1e-6 and abs(optics.cs) < 1e-6:
         zero = np.flatnonzero((np.abs(du) < 1e-6) & (np.abs(dv) < 1e-6))
         if zero.size:
             raise InputError(
@@ -287,30 +442,3 @@ def _load_tilt_series(
                 "are all "
                 "zero (an all-zero CTF)"
             )
-
-    return TiltSeries(
-        name=name,
-        source=f"{m.path} data_{name}",
-        size=size,  # type: ignore[arg-type]
-        image_size=image_size,
-        pixel_size=px,
-        hand=hand,
-        voltage=voltage,
-        cs=cs,
-        q0=q0,
-        bfactor_per_dose=bfac_dose,
-        defocus_slope=slope,
-        r4_projection=r4,
-        tilt_angles=angles,
-        shifts_angst=shifts,
-        defocus_u=du,
-        defocus_v=dv,
-        defocus_angle=col("rlnDefocusAngle"),
-        pre_exposure=col("rlnMicrographPreExposure"),
-        ctf_scale=col("rlnCtfScalefactor", 1.0),
-        ctf_bfactor=col("rlnCtfBfactor", 0.0),
-        phase_shift=col("rlnPhaseShift", 0.0),
-        frames=frames,
-        optics_group_name=og_name,
-        global_row=r,
-    )
