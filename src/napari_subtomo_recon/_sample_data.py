@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = sys.argv[1:] if argv is None else argv
     root = Path(args[0] if args else "subtomo-recon-sample")
+    try:
+        os.nice(10)  # background work for napari: the user's clicks come first
+    except OSError:
+        pass
     reporter = EventReporter(sys.stderr) if os.environ.get(ev.ENV) == "stderr" else None
     t0 = time.perf_counter()
     if reporter is not None:

@@ -46,6 +46,7 @@ def test_full_run(qtbot, widget, quick_previews):
             previews_shown.append(widget.layer_name("merged") in viewer.layers)
 
     widget.jobs.progressed.connect(on_update)
+    widget.more_maps.setChecked(True)
     set_params(widget, crop_size=24, symmetry="C6")
     job_dir = widget.job_dir()
     assert widget.run(), widget.last_error

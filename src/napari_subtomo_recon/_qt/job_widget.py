@@ -40,7 +40,7 @@ from ..job.launch import Child, Outcome, job_argv, program_tokens
 from ..params import ReconstructParams
 from .form import ParamsForm, relative_to
 from .fsc_plot import FscPlot
-from .layers import one_per_turn, remove_layers, show_map
+from .layers import one_per_turn, prepare_map, remove_layers, show_map
 from .runner import (
     MORE_MAPS,
     SHOWN_MAPS,
@@ -54,6 +54,7 @@ from .runner import (
 
 ERROR_STYLE = "color: #ff6b6b;"
 PREVIEW_SECONDS = 2.0  # between live previews of the merged map
+JOB_NICE = 10  # jobs run at a lower CPU priority than napari (they get what it leaves)
 _KERNELS = {"ready": False}  # a warm-up succeeded in this napari session: no need again
 
 
@@ -75,6 +76,7 @@ def _warm_napari_in_background(done: threading.Event) -> None:
             import napari.layers.image  # noqa: F401
             import pint
             import scipy.ndimage  # noqa: F401
+            import scipy.spatial.transform  # noqa: F401  (napari's 3D camera)
 
             built["registry"] = pint.UnitRegistry()
             built["registry"].Unit("angstrom")
@@ -113,8 +115,8 @@ class ReconstructParticleWidget(QWidget):
         self.kernels_ready = False
         self._output_auto = True  # output_dir follows the next free job number
         self._running_job: Path | None = None
+        self._running_params: ReconstructParams | None = None
         self._pending: Child | None = None  # a run waiting for the kernel warm-up
-        self._fsc_dock: Any = None
 
         self.form = ParamsForm(base_dir=lambda: str(self.project()))
         self.form.setMinimumHeight(300)
@@ -182,10 +184,9 @@ class ReconstructParticleWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
-        if getattr(self.viewer, "window", None) is None:
-            # without a main window (ViewerModel, tests) the plot lives in this widget
-            layout.addWidget(self.fsc_plot)
-            self.fsc_plot.hide()
+        # the plot lives here, not in a dock of its own: showing a new dock when the
+        # maps arrive would resize napari's canvas and redraw it at that moment
+        layout.addWidget(self.fsc_plot)
 
         self.jobs = TaskRunner(self)
         self.warmup = TaskRunner(self)
@@ -214,7 +215,6 @@ class ReconstructParticleWidget(QWidget):
         self.napari_ready = threading.Event()  # set when napari's first layer is prepared
         _warm_napari_in_background(self.napari_ready)
         self.start_warmup()
-        QTimer.singleShot(1500, self._make_fsc_dock)  # not while napari docks this widget
 
     # ------------------------------------------------------------------ values
     def params(self) -> ReconstructParams:
@@ -372,9 +372,9 @@ class ReconstructParticleWidget(QWidget):
         if _KERNELS["ready"]:
             self.kernels_ready = True
             return
-        child = Child(program_tokens("napari_subtomo_recon.warmup"), os.getcwd())
+        self._warmup_child = Child(program_tokens("napari_subtomo_recon.warmup"), os.getcwd())
         self.status.setText("Preparing the reconstruction kernels…")
-        self.warmup.submit(child_work, child)
+        self.warmup.submit(child_work, self._warmup_child)
 
     def _on_warmup_progress(self, update: Update) -> None:
         e = update.event
@@ -406,14 +406,21 @@ class ReconstructParticleWidget(QWidget):
         self.status.setText(f"Writing the sample data set to {root}…")
         argv = [*program_tokens("napari_subtomo_recon._sample_data"), str(root)]
         self._sample_layer = event.value
+        self._pause_warmup(True)  # two background jobs on a small machine: one at a time
         self.samples.submit(child_work, Child(argv, str(root)), shown=("ground_truth",))
 
     def _on_sample_progress(self, update: Update) -> None:
         if isinstance(update.event, ev.Progress) and not self.jobs.running:
             self.status.setText(update.event.message + "…")
 
+    def _pause_warmup(self, paused: bool) -> None:
+        child = getattr(self, "_warmup_child", None)
+        if child is not None and self.warmup.running:
+            child.pause(paused)
+
     def _on_sample_written(self, outcome: Outcome) -> None:
         if outcome.status != "ok" or outcome.result is None:
+            self._pause_warmup(False)
             self._error(f"sample data: {outcome.message}")
             return
         from .._sample_data import SAMPLE_PARAMS
@@ -442,7 +449,10 @@ class ReconstructParticleWidget(QWidget):
             if not self.jobs.running:
                 self.status.setText(f"Sample data set in {root}: ready to run")
 
-        one_per_turn([show_truth, to_3d, self.viewer.reset_view], fill)
+        def resume() -> None:  # after napari has drawn the map in 3D
+            QTimer.singleShot(1000, lambda: self._pause_warmup(False))
+
+        one_per_turn([show_truth, to_3d, self.viewer.reset_view, fill], resume)
 
     # ------------------------------------------------------------------ running
     def run(self) -> bool:
@@ -482,6 +492,7 @@ class ReconstructParticleWidget(QWidget):
         self.last_error = None
         self.last_outcome = None
         self._running_job = job_dir
+        self._running_params = p
         self._show_running_command(cmd, is_continue)
         self._start_progress(job_dir, "continuing…" if is_continue else "starting…")
         if cmd.queue:
@@ -489,7 +500,10 @@ class ReconstructParticleWidget(QWidget):
             self.jobs.submit(submit_work, argv, str(project))
             return True
         env = {ev.PREVIEW_ENV: str(PREVIEW_SECONDS)} if self.live_preview.isChecked() else {}
-        child = Child(job_argv(cmd), str(project), env=env, log_dir=job_dir, status_dir=job_dir)
+        child = Child(
+            job_argv(cmd), str(project), env=env, log_dir=job_dir, status_dir=job_dir,
+            nice=JOB_NICE,
+        )  # fmt: skip
         if self.warmup.running:
             self._pending = child
             self.status.setText(f"{job_dir.name}: waits for the kernels to be ready…")
@@ -539,6 +553,8 @@ class ReconstructParticleWidget(QWidget):
             return
         if not isinstance(e, ev.Progress):
             return
+        if e.stage == ev.Stage.CHECKING and e.voxel_size > 0 and self.live_preview.isChecked():
+            self._prepare_preview(e.voxel_size)
         if e.total > 0:
             self.progress_bar.setRange(0, e.total)
             self.progress_bar.setValue(min(e.done, e.total))
@@ -552,6 +568,17 @@ class ReconstructParticleWidget(QWidget):
         else:
             text = e.message or e.stage.value
         self.status.setText(text)
+
+    def _prepare_preview(self, voxel_size: float) -> None:
+        """The merged map's layer, made (hidden) while the job checks its inputs, so that
+        the first preview only fills it."""
+        p, job = self._running_params, self._running_job
+        if p is None or job is None:
+            return
+        n = p.crop_size if 0 < p.crop_size < p.box_size else p.box_size
+        prepare_map(self.viewer, self.layer_name("merged", job), (n, n, n), voxel_size)
+        self.viewer.layers[self.layer_name("merged", job)].metadata["subtomo_recon"] = {
+            "job": str(job), "map": "merged"}  # fmt: skip
 
     def _on_finished(self, outcome: Outcome) -> None:
         self.last_outcome = outcome
@@ -615,16 +642,19 @@ class ReconstructParticleWidget(QWidget):
         def step(m: MapData) -> Any:
             return lambda: self._show_map(m.tag, m, job, visible=m.tag == "merged")
 
-        def finish() -> None:
+        def on_top() -> None:  # each of these redraws napari: one per turn
             name = self.layer_name("merged", job)
             layers = self.viewer.layers
-            if name in layers:
+            if name in layers and layers.index(name) != len(layers) - 1:
                 layers.move(layers.index(name), len(layers))
-                layers.selection.active = layers[name]
-            if then is not None:
-                then()
 
-        one_per_turn([step(m) for m in ordered], finish)
+        def select() -> None:
+            name = self.layer_name("merged", job)
+            layers = self.viewer.layers
+            if name in layers and layers.selection.active is not layers[name]:
+                layers.selection.active = layers[name]
+
+        one_per_turn([*(step(m) for m in ordered), on_top, select], then)
 
     def _show_results(self, out: Outcome, job: Path | None) -> None:
         r = out.result
@@ -642,37 +672,10 @@ class ReconstructParticleWidget(QWidget):
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1)
 
-        def done() -> None:
-            self._show_fsc_dock()
-            self._info(text)
-            for w in out.warnings:
-                self._warn(w)
+        def done() -> None:  # (no notification for a success: the status line says it)
+            one_per_turn([lambda w=w: self._warn(w) for w in out.warnings])
 
         self._show_maps(out.maps, job, done)
-
-    def _make_fsc_dock(self) -> None:
-        """The FSC plot's dock, hidden until there is a curve (creating a dock takes
-        napari a few tenths of a second: not at the moment the maps arrive)."""
-        window = getattr(self.viewer, "window", None)
-        if window is None or self._fsc_dock is not None:
-            return
-        try:
-            self._fsc_dock = window.add_dock_widget(
-                self.fsc_plot, name="Half-map FSC", area="right"
-            )
-        except RuntimeError:  # the window went away meanwhile
-            return
-        if self.fsc_plot.curve is None:
-            self._fsc_dock.hide()
-
-    def _show_fsc_dock(self) -> None:
-        window = getattr(self.viewer, "window", None)
-        if window is None:
-            self.fsc_plot.show()
-            return
-        self._make_fsc_dock()
-        if self._fsc_dock is not None:
-            self._fsc_dock.show()
 
     # ------------------------------------------------------------------ messages
     def _error(self, msg: str) -> None:
@@ -703,12 +706,14 @@ class ReconstructParticleWidget(QWidget):
 
     # ------------------------------------------------------------------ lifetime
     def _shutdown(self) -> None:
+        self._pause_warmup(False)  # a stopped process would not see the SIGTERM
         for runner in (self.jobs, self.warmup, self.samples):
             if runner.running:
                 runner.cancel()
                 runner.wait(5.0)  # lets the worker terminate an mpirun process group
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+        self._pause_warmup(False)
         for runner in (self.jobs, self.warmup, self.samples):
             runner.cancel()
         super().closeEvent(event)

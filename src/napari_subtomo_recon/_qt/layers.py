@@ -16,8 +16,9 @@ from qtpy.QtCore import QTimer
 
 from ..display import map_layer_kwargs
 
-STEP_MS = 60  # between steps: longer than a timer tick, so napari's own events get a turn
+STEP_MS = 150  # between steps: napari draws (0.1-0.3 s with software OpenGL) in between
 _AUTO = "subtomo_recon_auto"  # metadata: the display levels last set automatically
+_PENDING = "subtomo_recon_pending"  # metadata: made empty ahead, to be shown when filled
 
 
 def show_map(
@@ -36,6 +37,8 @@ def show_map(
     layers = viewer.layers
     if name in layers:
         layer = layers[name]
+        if layer.metadata.pop(_PENDING, False) and visible:  # prepared empty, now filled
+            QTimer.singleShot(STEP_MS, lambda: _reveal(viewer, layer))
         previous = layer.metadata.get(_AUTO)
         user_iso = previous is not None and layer.iso_threshold != previous[0]
         user_contrast = previous is not None and tuple(layer.contrast_limits) != tuple(previous[1:])
@@ -66,9 +69,28 @@ def show_map(
     return layer
 
 
+MAP_KEYS = ("subtomo_recon", "subtomo_recon_sample")  # layer metadata of this plugin's maps
+
+
+def prepare_map(viewer: Any, name: str, shape: tuple[int, ...], voxel_size: float) -> None:
+    """Make a map's layer ahead, empty and hidden: creating a 3D layer costs napari a few
+    tenths of a second, better spent while nothing else happens; :func:`show_map` fills
+    and shows it."""
+    if name in viewer.layers:
+        return
+    empty = np.zeros(shape, np.float32)
+    layer = show_map(viewer, name, empty, voxel_size, (0.5, 0.0, 1.0), visible=False)
+    layer.metadata[_PENDING] = True
+
+
 def _reveal(viewer: Any, layer: Any) -> None:
+    """Show a new map; this plugin's other maps are hidden (ticked back in the layer list),
+    since with software OpenGL every visible 3D map adds to each redraw."""
     if layer not in viewer.layers:
         return
+    for other in viewer.layers:
+        if other is not layer and other.visible and any(k in other.metadata for k in MAP_KEYS):
+            other.visible = False
     layer.visible = True
     if viewer.dims.ndisplay != 3:  # a new map is looked at in 3D
         viewer.dims.ndisplay = 3

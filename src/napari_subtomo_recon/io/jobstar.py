@@ -50,7 +50,7 @@ def format_job_star(job: JobStar) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_job_star(path: str | os.PathLike, job: JobStar) -> Path:
+def write_job_star(path: str | os.PathLike[str], job: JobStar) -> Path:
     """Write ``job.star`` (``path`` may be the job folder)."""
     from .atomic import write_text_atomic
 
@@ -69,7 +69,7 @@ def _tokens(line: str) -> list[str]:
     return [q if u is None or u == "" else u for q, u in _TOKEN.findall(line)]
 
 
-def read_job_star(path: str | os.PathLike) -> JobStar:
+def read_job_star(path: str | os.PathLike[str]) -> JobStar:
     """Read a RELION job.star (``path`` may be the job folder)."""
     p = Path(path)
     if p.is_dir():
@@ -116,7 +116,7 @@ def read_job_star(path: str | os.PathLike) -> JobStar:
             raise InputError(f"{p}: short row in data_joboptions_values: {' '.join(t)}")
         options[t[kv[0]]] = t[kv[1]]
 
-    def flag(name):
+    def flag(name: str) -> bool:
         return head.get(name, "0").strip() in ("1", "true", "Yes")
 
     return JobStar(label, flag("rlnJobIsContinue"), flag("rlnJobIsTomo"), options)

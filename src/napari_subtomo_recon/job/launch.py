@@ -79,8 +79,14 @@ class Child:
         env: dict[str, str] | None = None,
         log_dir: Path | None = None,
         status_dir: Path | None = None,
+        nice: int = 0,
     ) -> None:
-        self.argv = argv
+        # a lower CPU priority (coreutils' nice, inherited by mpirun's ranks): the child
+        # takes all the CPU the viewer does not need, and the viewer stays responsive
+        import shutil
+
+        self.program = Path(argv[0]).name  # for messages
+        self.argv = ["nice", "-n", str(nice), *argv] if nice and shutil.which("nice") else argv
         self.cwd = cwd
         self.env = {**os.environ, ev.ENV: "stderr", **(env or {})}
         self.log_dir = log_dir
@@ -94,7 +100,7 @@ class Child:
             self.proc = self._start()
         except OSError as e:
             self._mark("failure")
-            return Outcome("error", f"cannot start {self.argv[0]}: {e.strerror or e}")
+            return Outcome("error", f"cannot start {self.program}: {e.strerror or e}")
         proc = self.proc
         lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
         pumps = [
@@ -142,6 +148,12 @@ class Child:
                 t.join(timeout=1.0)
         rc = proc.wait()
         return self._outcome(rc, final, warnings, tail, cancelled_at is not None)
+
+    def pause(self, paused: bool) -> None:
+        """Stop (SIGSTOP) or continue (SIGCONT) the child and what it started: background
+        work that should give way to other work for a while."""
+        if self.proc is not None and self.proc.poll() is None:
+            _signal_session(self.proc.pid, signal.SIGSTOP if paused else signal.SIGCONT)
 
     def _start(self) -> subprocess.Popen[str]:
         if self.log_dir is not None:
@@ -193,8 +205,7 @@ class Child:
                            exit_code=rc, pid=pid)  # fmt: skip
         how = f"was killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
         last = f": {tail[-1]}" if tail else ""
-        name = Path(self.argv[0]).name
-        return Outcome("error", f"{name} {how} without a result{last}", warnings=warnings,
+        return Outcome("error", f"{self.program} {how} without a result{last}", warnings=warnings,
                        exit_code=rc, pid=pid)  # fmt: skip
 
 
@@ -271,6 +282,7 @@ def terminate(proc: subprocess.Popen[str], grace: float = GRACE) -> None:
     sid = proc.pid
     for sig in (signal.SIGTERM, signal.SIGKILL):
         _signal_session(sid, sig)
+        _signal_session(sid, signal.SIGCONT)  # a paused child acts on its SIGTERM
         end = time.perf_counter() + grace
         while time.perf_counter() < end:
             if proc.poll() is not None and not session_alive(sid):
