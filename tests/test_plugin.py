@@ -169,7 +169,7 @@ def test_sample_data_returns_at_once_and_writes_in_the_background(tmp_path, monk
 
     monkeypatch.setattr(sd.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "s"))
     ((data, kw, kind),) = sd.make_sample_data()
-    assert kind == "image" and data.shape == (48, 48, 48) and not data.any()  # placeholder
+    assert kind == "image" and data.shape == (48, 48) and not data.any()  # placeholder
     assert kw["metadata"]["subtomo_recon_sample"] == {"root": str(tmp_path / "s")}
     # what the widget starts: the writer, reporting through events
     from napari_subtomo_recon import events as ev

@@ -39,7 +39,9 @@ def make_sample_data() -> list[tuple[Any, ...]]:
 
     root = tempfile.mkdtemp(prefix="subtomo-recon-sample-")
     _dock_widget()
-    placeholder = np.zeros((SAMPLE_BOX,) * 3, np.float32)
+    # a 2D placeholder: napari adds it at once (a 3D one would also build its dims
+    # sliders now); the widget puts the 3D ground truth in it when it is written
+    placeholder = np.zeros((SAMPLE_BOX,) * 2, np.float32)
     kw = map_layer_kwargs(placeholder, SAMPLE_VOXEL, "ground truth", levels=(0.5, 0.0, 1.0))
     kw["metadata"]["subtomo_recon_sample"] = {"root": root}
     return [(placeholder, kw, "image")]

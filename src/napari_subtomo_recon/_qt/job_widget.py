@@ -40,7 +40,7 @@ from ..job.launch import Child, Outcome, job_argv, program_tokens
 from ..params import ReconstructParams
 from .form import ParamsForm, relative_to
 from .fsc_plot import FscPlot
-from .layers import one_per_turn, prepare_map, remove_layers, show_map
+from .layers import STEP_MS, one_per_turn, place_map, prepare_map, remove_layers, show_map
 from .runner import (
     MORE_MAPS,
     SHOWN_MAPS,
@@ -115,7 +115,6 @@ class ReconstructParticleWidget(QWidget):
         self.kernels_ready = False
         self._output_auto = True  # output_dir follows the next free job number
         self._running_job: Path | None = None
-        self._running_params: ReconstructParams | None = None
         self._pending: Child | None = None  # a run waiting for the kernel warm-up
 
         self.form = ParamsForm(base_dir=lambda: str(self.project()))
@@ -492,7 +491,6 @@ class ReconstructParticleWidget(QWidget):
         self.last_error = None
         self.last_outcome = None
         self._running_job = job_dir
-        self._running_params = p
         self._show_running_command(cmd, is_continue)
         self._start_progress(job_dir, "continuing…" if is_continue else "starting…")
         if cmd.queue:
@@ -504,6 +502,7 @@ class ReconstructParticleWidget(QWidget):
             job_argv(cmd), str(project), env=env, log_dir=job_dir, status_dir=job_dir,
             nice=JOB_NICE,
         )  # fmt: skip
+        QTimer.singleShot(STEP_MS, lambda: self._prepare_preview(p, job_dir))  # a turn later
         if self.warmup.running:
             self._pending = child
             self.status.setText(f"{job_dir.name}: waits for the kernels to be ready…")
@@ -553,8 +552,8 @@ class ReconstructParticleWidget(QWidget):
             return
         if not isinstance(e, ev.Progress):
             return
-        if e.stage == ev.Stage.CHECKING and e.voxel_size > 0 and self.live_preview.isChecked():
-            self._prepare_preview(e.voxel_size)
+        if e.voxel_size > 0 and self._running_job is not None:
+            place_map(self.viewer, self.layer_name("merged"), e.voxel_size)
         if e.total > 0:
             self.progress_bar.setRange(0, e.total)
             self.progress_bar.setValue(min(e.done, e.total))
@@ -569,16 +568,14 @@ class ReconstructParticleWidget(QWidget):
             text = e.message or e.stage.value
         self.status.setText(text)
 
-    def _prepare_preview(self, voxel_size: float) -> None:
-        """The merged map's layer, made (hidden) while the job checks its inputs, so that
-        the first preview only fills it."""
-        p, job = self._running_params, self._running_job
-        if p is None or job is None:
-            return
+    def _prepare_preview(self, p: ReconstructParams, job: Path) -> None:
+        """The merged map's layer, made (hidden, empty) when the job starts, so that the
+        first preview only fills it."""
         n = p.crop_size if 0 < p.crop_size < p.box_size else p.box_size
-        prepare_map(self.viewer, self.layer_name("merged", job), (n, n, n), voxel_size)
-        self.viewer.layers[self.layer_name("merged", job)].metadata["subtomo_recon"] = {
-            "job": str(job), "map": "merged"}  # fmt: skip
+        if n > 0 and self.live_preview.isChecked() and self._running_job == job:
+            prepare_map(self.viewer, self.layer_name("merged", job), (n, n, n))
+            layer = self.viewer.layers[self.layer_name("merged", job)]
+            layer.metadata["subtomo_recon"] = {"job": str(job), "map": "merged"}
 
     def _on_finished(self, outcome: Outcome) -> None:
         self.last_outcome = outcome

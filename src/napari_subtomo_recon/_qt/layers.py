@@ -18,7 +18,8 @@ from ..display import map_layer_kwargs
 
 STEP_MS = 150  # between steps: napari draws (0.1-0.3 s with software OpenGL) in between
 _AUTO = "subtomo_recon_auto"  # metadata: the display levels last set automatically
-_PENDING = "subtomo_recon_pending"  # metadata: made empty ahead, to be shown when filled
+_PENDING = "subtomo_recon_pending"  # metadata: prepared ahead, the box it will hold
+MAP_KEYS = ("subtomo_recon", "subtomo_recon_sample")  # layer metadata of this plugin's maps
 
 
 def show_map(
@@ -37,16 +38,18 @@ def show_map(
     layers = viewer.layers
     if name in layers:
         layer = layers[name]
-        if layer.metadata.pop(_PENDING, False) and visible:  # prepared empty, now filled
+        if layer.metadata.pop(_PENDING, None) is not None and visible:  # filled unplaced
             QTimer.singleShot(STEP_MS, lambda: _reveal(viewer, layer))
         previous = layer.metadata.get(_AUTO)
         user_iso = previous is not None and layer.iso_threshold != previous[0]
         user_contrast = previous is not None and tuple(layer.contrast_limits) != tuple(previous[1:])
-        layer.data = data
+        layer.data = data  # (a 2D placeholder may become a 3D map)
         if tuple(layer.scale) != tuple(kw["scale"]):
             layer.scale = kw["scale"]
         if tuple(layer.translate) != tuple(kw["translate"]):
             layer.translate = kw["translate"]
+        if layer.rendering != kw["rendering"]:
+            layer.rendering = kw["rendering"]
         if not user_contrast:
             layer.contrast_limits = kw["contrast_limits"]
         if not user_iso:
@@ -69,18 +72,27 @@ def show_map(
     return layer
 
 
-MAP_KEYS = ("subtomo_recon", "subtomo_recon_sample")  # layer metadata of this plugin's maps
-
-
-def prepare_map(viewer: Any, name: str, shape: tuple[int, ...], voxel_size: float) -> None:
-    """Make a map's layer ahead, empty and hidden: creating a 3D layer costs napari a few
-    tenths of a second, better spent while nothing else happens; :func:`show_map` fills
-    and shows it."""
+def prepare_map(viewer: Any, name: str, shape: tuple[int, ...]) -> None:
+    """Make a map's layer ahead, hidden, while nothing else happens: creating a 3D layer
+    and its first draw (napari builds its shader then) each cost a few tenths of a second
+    with software OpenGL.  It holds a 2x2x2 empty volume, which draws in no time;
+    :func:`place_map` gives it the map's box and shows it, :func:`show_map` fills it."""
     if name in viewer.layers:
         return
-    empty = np.zeros(shape, np.float32)
-    layer = show_map(viewer, name, empty, voxel_size, (0.5, 0.0, 1.0), visible=False)
-    layer.metadata[_PENDING] = True
+    tiny = np.zeros((2,) * len(shape), np.float32)
+    layer = show_map(viewer, name, tiny, 1.0, (0.5, 0.0, 1.0), visible=False)
+    layer.metadata[_PENDING] = tuple(shape)
+
+
+def place_map(viewer: Any, name: str, voxel_size: float) -> None:
+    """The prepared layer, now that the voxel size is known: spanning its box, shown."""
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if layer is None or _PENDING not in layer.metadata:
+        return
+    shape = layer.metadata.pop(_PENDING)
+    layer.scale = tuple(voxel_size * n / 2 for n in shape)
+    layer.translate = tuple(-(n // 2) * voxel_size for n in shape)
+    QTimer.singleShot(STEP_MS, lambda: _reveal(viewer, layer))
 
 
 def _reveal(viewer: Any, layer: Any) -> None:

@@ -16,8 +16,8 @@ from napari_subtomo_recon.errors import InputError
 from napari_subtomo_recon.job import run, run_to_completion
 from napari_subtomo_recon.simulate import simulate
 
-SRC = str(Path(__file__).parents[1] / "src")
-INPUTS = Path(__file__).parent / "fixtures" / "relion" / "inputs"
+SRC = str(Path(__file__).parents[2] / "src")
+INPUTS = Path(__file__).parents[1] / "fixtures" / "relion" / "inputs"
 FLAGS = ["--i", "optimisation_set.star", "--b", "48", "--bin", "2", "--exact", "--j", "1"]
 
 

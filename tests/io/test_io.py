@@ -21,7 +21,7 @@ from napari_subtomo_recon.io import (
 )
 from napari_subtomo_recon.io.mrc import parse_image_ref
 
-INPUTS = Path(__file__).parent / "fixtures" / "relion" / "inputs"
+INPUTS = Path(__file__).parents[1] / "fixtures" / "relion" / "inputs"
 
 
 def test_image_references():
