@@ -275,7 +275,7 @@ def test_mpi_run_cancel_and_continue(qtbot, widget, monkeypatch, slow_program):
     out = wait_done(qtbot, widget)
     assert out.status == "ok", out.message
     assert max(totals) > 0 and out.result.resolution_0143 is not None
-    assert {m.tag for m in out.maps} == {"merged", "half1", "half2"}
+    assert {m.tag for m in out.maps} == {"merged"}  # (the half maps on request)
     ref_dir = out.result.output_dir
     # cancel in rank 0's second tomogram (its first is checkpointed)
     slow_program.on()

@@ -62,6 +62,7 @@ def test_sample_run_and_maps_in_physical_space(make_napari_viewer, qtbot, tmp_pa
     job = out.result.output_dir.name
     wait_layers(qtbot, viewer, [f"{job} merged", f"{job} merged_full"])
     merged, full = viewer.layers[f"{job} merged"], viewer.layers[f"{job} merged_full"]
+    qtbot.waitUntil(lambda: merged.data.shape == (40,) * 3, timeout=10_000)  # the final map
     assert merged.data.shape == (40,) * 3 and full.data.shape == (48,) * 3
     for layer in (truth, merged, full):
         n = layer.data.shape[0]

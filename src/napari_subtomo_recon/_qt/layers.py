@@ -50,6 +50,8 @@ def show_map(
             layer.translate = kw["translate"]
         if layer.rendering != kw["rendering"]:
             layer.rendering = kw["rendering"]
+        if [str(u) for u in layer.units] != list(kw["units"]):
+            layer.units = kw["units"]
         if not user_contrast:
             layer.contrast_limits = kw["contrast_limits"]
         if not user_iso:
