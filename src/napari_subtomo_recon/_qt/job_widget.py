@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,7 @@ class ReconstructParticleWidget(QWidget):
         self.run_button = QPushButton("Run!")
         self.continue_button = QPushButton("Continue!")
         self.cancel_button = QPushButton("Cancel")
-        self.load_button.setToolTip("Fill the fields from a RELION job.star or job folder")
+        self.load_button.setToolTip("Fill the fields from a RELION job.star")
         self.save_button.setToolTip("Write these settings as a RELION job.star")
         self.run_button.setToolTip("Write job.star and note.txt into the job folder and run")
         self.continue_button.setToolTip(
@@ -670,7 +671,7 @@ class ReconstructParticleWidget(QWidget):
         self.progress_bar.setValue(1)
 
         def done() -> None:  # (no notification for a success: the status line says it)
-            one_per_turn([lambda w=w: self._warn(w) for w in out.warnings])
+            one_per_turn([partial(self._warn, w) for w in out.warnings])
 
         self._show_maps(out.maps, job, done)
 
