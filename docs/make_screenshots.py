@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     w.form.tabs.setCurrentIndex(1)
     w.set_params(w.params().replace(**SAMPLE))
     w._set_output_auto()
-    jw.PREVIEW_SECONDS = 1.0
+    jw.PREVIEW_SECONDS = 0.25  # the sample job takes only seconds
     shots = {}
 
     def on_progress(update):

@@ -16,7 +16,7 @@ class FscPlot(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setObjectName("FscPlot")
-        self.setMinimumSize(260, 180)
+        self.setMinimumSize(260, 150)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.curve: np.ndarray | None = None
         self.voxel_size = 1.0

@@ -172,7 +172,7 @@ class ReconstructParticleWidget(QWidget):
                   self.cancel_button):  # fmt: skip
             buttons.addWidget(b)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.form)
+        layout.addWidget(self.form, 3)
         layout.addWidget(self.command_label)
         layout.addWidget(self.command_view)
         layout.addWidget(self.message)
@@ -186,7 +186,7 @@ class ReconstructParticleWidget(QWidget):
         layout.addWidget(self.status)
         # the plot lives here, not in a dock of its own: showing a new dock when the
         # maps arrive would resize napari's canvas and redraw it at that moment
-        layout.addWidget(self.fsc_plot)
+        layout.addWidget(self.fsc_plot, 2)
 
         self.jobs = TaskRunner(self)
         self.warmup = TaskRunner(self)

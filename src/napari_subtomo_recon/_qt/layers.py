@@ -92,8 +92,10 @@ def place_map(viewer: Any, name: str, voxel_size: float) -> None:
     if layer is None or _PENDING not in layer.metadata:
         return
     shape = layer.metadata.pop(_PENDING)
+    # two voxels of n/2 each, centred on the origin: the extent napari fits the view to
+    # is the map's
     layer.scale = tuple(voxel_size * n / 2 for n in shape)
-    layer.translate = tuple(-(n // 2) * voxel_size for n in shape)
+    layer.translate = tuple(-voxel_size * n / 4 for n in shape)
     QTimer.singleShot(STEP_MS, lambda: _reveal(viewer, layer))
 
 
