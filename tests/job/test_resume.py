@@ -87,8 +87,34 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, monkeypatch):
     assert (tmp_path / "j" / "temp" / "checkpoint_rank0.json").exists()
     assert not (tmp_path / "j" / "merged.mrc").exists()  # cancelled: no maps
     p, _ = parse_args([*base, "--bin", "2.5", "--only_do_unfinished"])
-    with pytest.raises(InputError, match="other inputs or settings"):
+    with pytest.raises(InputError, match="made with binning = 2.0, not 2.5"):
         run_to_completion(p)
+
+
+def test_resume_refuses_a_checkpoint_of_edited_inputs(tmp_path, monkeypatch):
+    """A tilt-series file edited after the checkpoint (here: defocus +1 µm) is named."""
+    import shutil
+
+    import starfile
+
+    shutil.copytree(INPUTS / "r5", tmp_path / "p")
+    monkeypatch.chdir(tmp_path / "p")
+    base = ["--i", "optimisation_set.star", "--o", "j/", "--b", "32", "--bin", "2", "--j", "1"]
+    gen = run(parse_args(base)[0])
+    for pr in gen:  # stop after the first tomogram's checkpoint
+        if pr.tomogram_index == 2:
+            break
+    gen.close()
+    tomograms = starfile.read("tomograms.star", always_dict=True)
+    ts_file = str(next(iter(tomograms.values()))["rlnTomoTiltSeriesStarFile"].iloc[0])
+    blocks = starfile.read(ts_file, always_dict=True)
+    for block in blocks.values():
+        for label in ("rlnDefocusU", "rlnDefocusV"):
+            if label in block:
+                block[label] = block[label] + 10000.0
+    starfile.write(blocks, ts_file, overwrite=True)
+    with pytest.raises(InputError, match=f"other inputs: {ts_file} has changed since"):
+        run_to_completion(parse_args([*base, "--only_do_unfinished"])[0])
 
 
 def test_no_backup_writes_no_checkpoints(tmp_path, monkeypatch):

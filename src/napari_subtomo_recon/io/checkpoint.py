@@ -23,6 +23,24 @@ from ..errors import InputError
 from .atomic import atomic_path, write_text_atomic
 
 
+def _what_changed(then: object, now: dict[str, Any]) -> str:
+    """The first difference between two fingerprints, for the message."""
+    if not isinstance(then, dict):
+        return "an older version of the program"
+    for key in ("params", "files"):
+        old, new = then.get(key) or {}, now.get(key) or {}
+        for name in (*new, *(k for k in old if k not in new)):
+            if old.get(name) != new.get(name):
+                if key == "params":
+                    return f"{name} = {old.get(name)!r}, not {new.get(name)!r}"
+                if name not in old:
+                    return f"other inputs ({name} was not one of them)"
+                if name not in new:
+                    return f"other inputs ({name} was one of them)"
+                return f"other inputs: {name} has changed since (size or time)"
+    return f"another MPI layout (rank {then.get('rank')} of {then.get('size')})"
+
+
 class Checkpoint:
     """The checkpoint files of one rank in ``folder``.
 
@@ -75,9 +93,11 @@ class Checkpoint:
         rec = self._read_record()
         if rec is None:
             return None
-        if rec.get("fingerprint") != json.loads(json.dumps(self.fingerprint)):
+        now = json.loads(json.dumps(self.fingerprint))
+        then = rec.get("fingerprint")
+        if then != now:
             raise InputError(
-                f"{self.record}: the checkpoint was made with other inputs or settings; "
+                f"{self.record}: the checkpoint was made with {_what_changed(then, now)}; "
                 "remove the temp folder or run without --only_do_unfinished"
             )
         try:

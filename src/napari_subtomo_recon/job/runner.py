@@ -313,15 +313,19 @@ def fingerprint(
     params: ReconstructParams, inp: Inputs, rank: int, size: int, root: str | None = None
 ) -> dict[str, Any]:
     """What a checkpoint must agree with to be resumed: the options that change the
-    accumulated volumes, the input star files (size, mtime) and the rank layout."""
+    accumulated volumes, every input file (star files, the tilt-series files, the stacks:
+    size and time) and the rank layout."""
     import os
 
-    files = {}
     opt = inp.optimisation_set
-    for name in (opt.particles, opt.tomograms, opt.trajectories):
-        if name:
-            st = os.stat(at(root, name))
-            files[name] = [st.st_size, st.st_mtime_ns]
+    names = [n for n in (opt.particles, opt.tomograms, opt.trajectories) if n]
+    for ts in inp.tomograms.tomograms:
+        names.append(ts.source.rsplit(" data_", 1)[0])
+        names += [path for path, _ in ts.frames]
+    files = {}
+    for name in dict.fromkeys(names):  # in order, once each
+        st = os.stat(at(root, name))
+        files[name] = [st.st_size, st.st_mtime_ns]
     return {"params": params.fingerprint(), "files": files, "rank": rank, "size": size}
 
 
