@@ -41,6 +41,7 @@ def modules(sub: str) -> list[Path]:
 
 @pytest.mark.parametrize("layer, forbidden", [
     ("io", ("napari_subtomo_recon.core", "napari_subtomo_recon.job", "napari_subtomo_recon.cli",
+            "napari_subtomo_recon.params",
             "napari_subtomo_recon._qt", "napari_subtomo_recon._widget")),
     ("core", ("napari_subtomo_recon.io", "napari_subtomo_recon.job", "napari_subtomo_recon.cli",
               "napari_subtomo_recon._qt", "napari_subtomo_recon._widget")),

@@ -1078,3 +1078,88 @@ def test_origin_offsets_are_rotated_by_the_subtomogram_frame(p0, origin, sub, px
     # pos = p0 - A_sub · origin / px  <=>  A_subᵀ (p0 - pos) px = origin
     back = A_sub.T @ (np.array(p0) - pos) * px
     assert np.allclose(back, origin, rtol=1e-9, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------
+# 4. Flag and job.star values (issue 14): nan, inf, huge, negative, fractional
+
+
+def _numeric_fields():
+    from napari_subtomo_recon.params import field_map, kind_of, spec_of
+
+    return [
+        f for f in field_map().values()
+        if kind_of(f) in ("int", "float") and (spec_of(f).flag or spec_of(f).job_option)
+    ]  # fmt: skip
+
+
+NASTY = st.one_of(
+    st.sampled_from(["nan", "NaN", "inf", "-inf", "1e999", "-1e999", "1e308", "-1e308", "0",
+                     "-0", "-1", "1e3", "2.5", "-2.5", "1e-300", "9" * 40, "0x10", "", " "]),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-(10**20), 10**20).map(str),
+)  # fmt: skip
+
+
+@fuzz_settings(150)
+@given(field=st.sampled_from(_numeric_fields()), text=NASTY, via=st.sampled_from(["flag", "job"]))
+def test_every_numeric_option_refuses_or_accepts_cleanly(field, text, via):
+    """Through a flag or job.star: either a finite value inside the option's domain, or
+    one InputError naming the flag (or job option) and quoting the text as typed."""
+    import math
+
+    from napari_subtomo_recon.cli import parse_args
+    from napari_subtomo_recon.errors import InputError
+    from napari_subtomo_recon.io.jobstar import JobStar
+    from napari_subtomo_recon.job.relion import params_from_job_star
+    from napari_subtomo_recon.params import spec_of
+
+    spec = spec_of(field)
+    if via == "flag" and not spec.flag or via == "job" and not spec.job_option:
+        return
+    try:
+        if via == "flag":
+            params, _ = parse_args([spec.flag, text])
+        else:
+            params, _ = params_from_job_star(JobStar(options={spec.job_option: text}))
+    except InputError as e:
+        msg = str(e)
+        assert "\n" not in msg
+        name = spec.flag if via == "flag" else spec.job_option
+        assert name in msg, (name, msg)
+        assert text.strip() in msg or not text.strip(), (text, msg)
+        event("refused")
+        return
+    value = getattr(params, field.name)
+    if via == "job" and not text.strip():
+        return  # an empty job.star value means the GUI default
+    assert math.isfinite(value), (field.name, text, value)
+    assert spec.domain.problem(value) is None
+    event("accepted")
+
+
+@fuzz_settings(12)
+@given(
+    flag=st.sampled_from(["--bin", "--taper", "--cutoff_fract", "--SNR", "--crop", "--mem"]),
+    text=st.sampled_from(["1e308", "1e6", "0.0001", "-1", "nan", "1e-300", "3"]),
+)
+def test_accepted_extreme_flags_end_cleanly(flag, text, tmp_path_factory):
+    """An extreme value that passes the domain still ends as a map or one line: no hang,
+    no traceback, no non-finite map (the job checks its results before writing them)."""
+    out = tmp_path_factory.mktemp("extreme")
+    with working_dir(INPUTS / "r5"):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(["--i", "optimisation_set.star", "--o", str(out), "--b", "32",
+                         "--bin", "2", "--j", "1", *([flag, text] if flag != "--bin" else []),
+                         *(["--bin", text] if flag == "--bin" else [])])  # fmt: skip
+    lines = err.getvalue().strip().splitlines()
+    assert code in (0, 1), (flag, text, code, lines)
+    if code == 1:  # (progress lines may come before the error)
+        errors = [ln for ln in lines if "error" in ln.lower() or "Traceback" in ln]
+        assert errors == lines[-1:] and lines[-1].startswith("subtomo-recon: error: "), lines
+        assert "non-finite voxels" not in lines[-1], "to be refused before any work"
+        assert not list(out.glob("*.mrc"))
+    else:
+        for p in out.glob("*.mrc"):
+            assert np.isfinite(mrcfile.read(p)).all(), p

@@ -175,3 +175,54 @@ def test_inputs_are_never_modified(data, capsys):
         starfile.read("particles.star")["particles"],
         starfile.read(INPUTS / "r5" / "particles.star")["particles"],
     )
+
+
+def edit_line(path, row, column, text):
+    """Replace one value of row ``row`` (1-based) of the only loop in ``path``, as text."""
+    lines = Path(path).read_text().splitlines()
+    heads = ("#", "_", "data_", "loop_")
+    first = next(i for i, ln in enumerate(lines) if ln and not ln.startswith(heads))
+    words = lines[first + row - 1].split()
+    words[column] = text
+    lines[first + row - 1] = "  ".join(words)
+    Path(path).write_text("\n".join(lines) + "\n")
+    return first + row  # the 1-based line number
+
+
+@pytest.mark.parametrize(
+    ("column", "text", "problem"),
+    [
+        (3, "-3.00", "must be ≥ 0 (the dose in e/Å² before this tilt; a negative dose"),
+        (8, "0", "must be in (0, 100]"),
+        (4, "NaN", "is not a finite number"),
+        (4, "1e999", "is not a finite number"),
+    ],
+)
+def test_star_values_out_of_their_domain(data, capsys, column, text, problem):
+    """Silently wrong maps before: a negative dose amplified, a zero CTF scale multiplied the
+    map by ~1e8; now one line with the file, row, real line, label and the text as written."""
+    line = edit_line("tilt_series/TS_01.star", 5, column, text)
+    label = ["rlnMicrographPreExposure", "rlnDefocusU", "rlnCtfScalefactor"][
+        [3, 4, 8].index(column)
+    ]
+    fails(
+        capsys, BASE,
+        f"tilt_series/TS_01.star: data_TS_01 row 5 (line {line}) {label}: '{text}' {problem}",
+    )  # fmt: skip
+
+
+def test_a_stack_named_without_an_image_number(data, capsys):
+    line = edit_line("tilt_series/TS_01.star", 2, 0, "tilt_series/TS_01.mrcs")
+    fails(
+        capsys, BASE, f"data_TS_01 row 2 (line {line}) rlnMicrographName: "
+        "'tilt_series/TS_01.mrcs' names a stack of 21 images without an image number",
+        "write N@tilt_series/TS_01.mrcs",
+    )  # fmt: skip
+
+
+def test_a_star_file_with_a_comment_among_its_labels_still_works(data, capsys):
+    p = Path("tilt_series/TS_02.star")
+    p.write_text(
+        p.read_text().replace("_rlnDefocusU #5\n", "_rlnDefocusU #5\n# fitted by CTFFIND\n")
+    )
+    assert main(BASE) == 0

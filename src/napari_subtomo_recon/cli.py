@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from . import events as ev
-from .errors import Cancelled, InputError
+from .errors import Cancelled, EnvironmentFault, InputError
 from .params import ReconstructParams, check_value, format_value, kind_of, parse_text, spec_of
 
 # flags of the program itself, not job options
@@ -284,6 +284,8 @@ def failure_of(e: BaseException, debug: bool = False) -> ev.Failure:
         return ev.Failure(ev.FailureKind.INPUT, str(e), detail)
     if isinstance(e, Cancelled):
         return ev.Failure(ev.FailureKind.CANCELLED, str(e), detail)
+    if isinstance(e, EnvironmentFault):
+        return ev.Failure(ev.FailureKind.ENVIRONMENT, str(e), detail)
     if isinstance(e, MemoryError):
         return ev.Failure(
             ev.FailureKind.ENVIRONMENT, "out of memory (try a smaller --b or --mem)", detail

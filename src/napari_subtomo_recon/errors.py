@@ -12,3 +12,16 @@ class InputError(Exception):
 
 class Cancelled(Exception):
     """The run was cancelled by the user; nothing was written."""
+
+
+class EnvironmentFault(Exception):
+    """The machine stopped the job: a full disk, a missing permission, a read-only file
+    system.  The message names the file and the cause; nothing half-written is left.
+
+    ``cause`` alone (e.g. "No space left on device"), for a caller that names the file
+    differently (a temporary file's final name).
+    """
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause or message

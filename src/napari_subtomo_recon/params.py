@@ -32,67 +32,20 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .domain import Domain
 from .errors import InputError
 
 TABS = ("I/O", "Average", "Helix", "Running")
+
+# symmetry operators (point group order, helical units): beyond this a job would
+# spend hours symmetrising (one pass over the volumes each) or building the group
+MAX_OPERATORS = 1000
 
 T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------
 # Domains: the values an option accepts
-
-
-@dataclass(frozen=True)
-class Domain:
-    """Accepted values of one option; :meth:`problem` says what is wrong with a value.
-
-    Numbers must be finite.  ``check`` is an extra rule (e.g. the symmetry name) that
-    returns a message or None.
-    """
-
-    min: float | None = None
-    max: float | None = None
-    min_open: bool = False  # value > min (otherwise >=)
-    max_open: bool = False  # value < max (otherwise <=)
-    even: bool = False
-    choices: tuple[str, ...] = ()
-    check: Callable[[Any], str | None] | None = None
-    why: str = ""  # appended to range messages: the reason for the bound
-
-    def problem(self, value: object) -> str | None:
-        if isinstance(value, bool) or value is None:
-            return None
-        if isinstance(value, int | float):
-            return self._number_problem(float(value))
-        if self.choices and value not in self.choices:
-            return "must be one of " + ", ".join(self.choices)
-        if self.check is not None:
-            return self.check(value)
-        return None
-
-    def _number_problem(self, v: float) -> str | None:
-        why = f" ({self.why})" if self.why else ""
-        if not math.isfinite(v):
-            return "must be a finite number"
-        low = self.min is not None and (v <= self.min if self.min_open else v < self.min)
-        high = self.max is not None and (v >= self.max if self.max_open else v > self.max)
-        if low or high:
-            if self.min is not None and self.max is not None:
-                lo, hi = "(" if self.min_open else "[", ")" if self.max_open else "]"
-                return f"must be in {lo}{_num(self.min)}, {_num(self.max)}{hi}{why}"
-            if low:
-                return f"must be {'>' if self.min_open else '≥'} {_num(self.min)}{why}"  # type: ignore[arg-type]
-            return f"must be {'<' if self.max_open else '≤'} {_num(self.max)}{why}"  # type: ignore[arg-type]
-        if self.even and int(v) % 2:
-            return f"must be even{why}"
-        if self.check is not None:
-            return self.check(v)
-        return None
-
-
-def _num(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
 
 
 def _symmetry_problem(name: object) -> str | None:
@@ -297,7 +250,8 @@ class ReconstructParams:
         "might wash out the higher frequencies, which could make the map unsuitable to be "
         "used for further refinement.",
         flag="--SNR", job_option="snr", tab="Average", gui_default=0.0,
-        domain=Domain(), slider=(0, 0.0001, 0.00001), metavar="X",
+        domain=Domain(min=-1e6, max=1e6, why="beyond it the Wiener division overflows"),
+        slider=(0, 0.0001, 0.00001), metavar="X",
     ))  # fmt: skip
     symmetry: str = option("C1", Spec(
         "Symmetry:", _SYM_HELP,
@@ -369,7 +323,9 @@ class ReconstructParams:
         "integer should not be less than 1. The correct value is essential in measuring the "
         "signal to noise ratio in helical reconstruction.",
         flag="--nr_helical_asu", job_option="helical_nr_asu", tab="Helix",
-        domain=Domain(min=1), slider=(1, 100, 1), metavar="N",
+        domain=Domain(min=1, max=MAX_OPERATORS, why="each unit is one more pass of the "
+                      "symmetrisation over the volumes"),
+        slider=(1, 100, 1), metavar="N",
     ))  # fmt: skip
     helical_twist: float = option(0.0, Spec(
         "Helical twist (deg):",

@@ -141,3 +141,31 @@ def test_an_empty_half_set_is_a_warning_without_fsc(project, capsys):
     assert "half set 2 has no particle-tilts" in captured.err
     assert "FSC" not in captured.out  # no resolution is claimed
     assert (project / "job" / "half2.mrc").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragments"),
+    [
+        (["--nr_helical_asu", "1000000000"],
+         ["--nr_helical_asu 1000000000: must be in [1, 1000]", "one more pass"]),
+        (["--helical_twist", "inf"], ["--helical_twist inf: must be a finite number"]),
+        (["--bin", "1e308"], ["--b 32 at --bin 1e+308", "more than 4× the tilt images"]),
+        (["--bin", "nan"], ["--bin nan: must be a finite number"]),
+        (["--b", "4096"], ["--b 4096 at --bin 2", "8192 pixels wide"]),
+    ],
+)  # fmt: skip
+def test_allocations_that_scale_with_a_flag_are_bounded_before_work(
+    project, capsys, flags, fragments
+):
+    """Before: a hang that grew memory until killed, or a ValueError called internal."""
+    argv = [*FLAGS, "--o", "job/"]
+    for k in range(0, len(flags), 2):
+        if flags[k] in argv:
+            argv[argv.index(flags[k]) + 1] = flags[k + 1]
+        else:
+            argv += flags[k : k + 2]
+    assert main(argv) == 1
+    msg = one_error(capsys)
+    for f in fragments:
+        assert f in msg, (f, msg)
+    assert not (project / "job" / "merged.mrc").exists()

@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import events as ev
-from ..errors import InputError
+from ..errors import EnvironmentFault, InputError
 from ..job import relion
 from ..job.launch import Child, Outcome, job_argv, program_tokens
 from ..params import ReconstructParams
@@ -486,7 +486,7 @@ class ReconstructParticleWidget(QWidget):
             relion.start(job_dir, p, is_continue, [str(cmd)])
             if cmd.queue:
                 script, argv = relion.write_submission_script(p, cmd)
-        except (OSError, InputError) as e:
+        except (OSError, InputError, EnvironmentFault) as e:
             self._error(f"cannot start the job: {e}")
             return False
         self.last_error = None

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InputError
-from .atomic import atomic_path, write_text_atomic
+from .atomic import atomic_path, fault, remove_quietly, write_text_atomic
 
 
 def _what_changed(then: object, now: dict[str, Any]) -> str:
@@ -62,20 +62,31 @@ class Checkpoint:
     def save(
         self, finished: list[str], data: NDArray[np.complex128], weight: NDArray[np.float64]
     ) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise fault(self.folder, e, "cannot create the checkpoint folder") from None
         gen = len(finished)
         names = {
             "data": f"{self.prefix}_{gen}_data.npy",
             "weight": f"{self.prefix}_{gen}_weight.npy",
         }
-        for key, arr in (("data", data), ("weight", weight)):
-            with atomic_path(self.folder / names[key]) as tmp:
-                np.save(tmp, arr)
         old = self._read_record()
-        write_text_atomic(
-            self.record,
-            json.dumps({"fingerprint": self.fingerprint, "finished": finished, "files": names}),
-        )
+        kept = set() if old is None else set(old.get("files", {}).values())
+        try:
+            for key, arr in (("data", data), ("weight", weight)):
+                with atomic_path(self.folder / names[key]) as tmp:
+                    np.save(tmp, arr)
+            write_text_atomic(
+                self.record,
+                json.dumps({"fingerprint": self.fingerprint, "finished": finished, "files": names}),
+            )
+        except BaseException:
+            # the previous checkpoint stays the valid one: drop this generation's volumes
+            for name in names.values():
+                if name not in kept:
+                    remove_quietly(self.folder / name)
+            raise
         if old is not None:  # the previous generation is no longer referenced
             for name in old.get("files", {}).values():
                 if name not in names.values():

@@ -370,6 +370,12 @@ def _micrograph_image_size(name: str, m: Table, frames: list[Frame]) -> tuple[in
             except InputError as e:
                 raise InputError(f"{e} (from {m.where('rlnMicrographName', f)})") from None
         n, h_, w_ = shapes[fn]
+        if idx is None and n > 1:  # would silently read its first image for every tilt
+            raise m.bad(
+                "rlnMicrographName", f,
+                f"names a stack of {n} images without an image number: write N@{fn} "
+                "(N from 1) for its N-th image",
+            )  # fmt: skip
         if idx is not None and idx >= n:
             raise InputError(
                 f"{m.where('rlnMicrographName', f)}: image {idx + 1} of {fn} requested, "

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .. import events as ev
-from ..errors import Cancelled, InputError
+from ..errors import Cancelled, EnvironmentFault, InputError
 
 
 class Comm(Protocol):
@@ -52,13 +52,17 @@ class MpiComm:
         self.size = int(comm.Get_size())
 
     def agree(self, err: BaseException | None) -> None:
-        msgs = self.comm.allgather(None if err is None else (isinstance(err, Cancelled), str(err)))
-        if any(m is not None and m[0] for m in msgs):  # a cancel anywhere cancels everywhere
-            raise Cancelled(next(m[1] for m in msgs if m is not None and m[0])) from err
+        kind = None if err is None else type(err).__name__
+        msgs = self.comm.allgather(None if err is None else (kind, str(err)))
+        cancels = [m[1] for m in msgs if m is not None and m[0] == "Cancelled"]
+        if cancels:  # a cancel anywhere cancels everywhere
+            raise Cancelled(cancels[0]) from err
         for r, m in enumerate(msgs):
             if m is not None:
-                # every rank stops with the first failing rank's message
-                raise InputError(f"MPI rank {r}: {m[1]}") from err
+                # every rank stops with the first failing rank's message, and its kind:
+                # a full disk stays an environment fault (exit 4), not bad input
+                cls = EnvironmentFault if m[0] == "EnvironmentFault" else InputError
+                raise cls(f"MPI rank {r}: {m[1]}") from err
 
     def reduce(self, data: np.ndarray, weight: np.ndarray) -> None:
         """In slabs of 16 M elements, to bound the buffers."""

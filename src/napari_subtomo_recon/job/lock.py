@@ -5,7 +5,8 @@ removed when the job ends, however it ends.  It names the process (host and pid)
 lock left by a killed job is recognised on the same host and taken over; one held by a
 running job — or by a job on another host, which cannot be checked — is refused with a
 message saying which.  The same pass removes the temporary files a killed job left
-behind (``.<name>.tmp-<pid>.<ext>`` of processes that no longer run).
+behind (``.<name>.tmp-<pid>.<ext>`` and ``.<name>.old-<pid>.<ext>`` of processes that no
+longer run).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from types import TracebackType
 from ..errors import InputError
 
 LOCK_NAME = ".subtomo-recon.lock"
-_TEMP = re.compile(r"^\..+\.tmp-(\d+)(\.[^.]*)?$")
+# temporary files (.half1.tmp-123.mrc) and the previous maps kept during the final renames
+_TEMP = re.compile(r"^\..+\.(?:tmp|old)-(\d+)(\.[^.]*)?$")
 
 
 def _alive(pid: int) -> bool:

@@ -2,7 +2,8 @@
 
 Each file is written under a temporary name first; the renames follow when all are
 written, with SIGTERM/SIGINT held, so the folder keeps its previous files until a few
-microseconds before the end, and an error while writing leaves no new file at all.
+microseconds before the end.  An error while writing leaves no new file at all; a rename
+that fails puts the previous files back (:func:`commit`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import EnvironmentFault, InputError
+from ..io.atomic import fault, remove_quietly
 from ..params import ReconstructParams
 from .inputs import Inputs
 
@@ -131,8 +133,13 @@ def write_outputs(
 
     def stage(name: str, final: Path, writer: Callable[[Path], object]) -> None:
         tmp = temp_name(final)
-        writer(tmp)
-        staged.append((tmp, final))
+        staged.append((tmp, final))  # before writing: a failed write is removed too
+        try:
+            writer(tmp)
+        except OSError as e:
+            raise fault(final, e) from None
+        except EnvironmentFault as e:  # named after the temporary file: name the output
+            raise EnvironmentFault(f"{final}: cannot write ({e.cause})", e.cause) from None
         files[name] = final
 
     try:
@@ -160,18 +167,60 @@ def write_outputs(
         if not params.pipeline_control:  # RELION's pipeliner (or the widget) writes it then
             text = program_note_text(command or "")
             stage("note", out_dir / "note.txt", lambda t: Path(t).write_text(text))
-    except BaseException:
+        commit(staged)
+    finally:
         for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    # a signal between two renames would leave a mix of new and old maps: hold it
+            remove_quietly(tmp)
+    return files
+
+
+def commit(staged: list[tuple[Path, Path]]) -> None:
+    """Rename every (temporary, final) pair into place, or none of them.
+
+    The previous files stay reachable under ``.<name>.old-<pid>`` (a hard link, so the
+    final name is never missing) until the last rename succeeded; if one fails, the
+    files renamed so far are put back.  SIGTERM/SIGINT are held meanwhile.
+    """
     blocked = _block_signals()
+    done: list[tuple[Path, Path | None]] = []  # (final, its previous file's backup)
+    current = staged[0][1] if staged else Path()
     try:
-        for tmp, final in staged:
-            os.replace(tmp, final)
+        for tmp, current in staged:
+            done.append((current, _keep_previous(current)))
+            os.replace(tmp, current)
+    except OSError as e:
+        _roll_back(done)
+        raise fault(current, e) from None
     finally:
         _unblock_signals(blocked)
-    return files
+        for _, backup in done:
+            if backup is not None:
+                remove_quietly(backup)
+
+
+def _roll_back(done: list[tuple[Path, Path | None]]) -> None:
+    """Put the previous files back (and remove new ones that had none), newest first."""
+    for final, backup in reversed(done):
+        try:
+            if backup is not None:
+                os.replace(backup, final)
+            elif final.is_file():
+                final.unlink()
+        except OSError:
+            pass  # the failed rename is the error to report
+
+
+def _keep_previous(final: Path) -> Path | None:
+    """A backup of ``final`` if it is a file (a hard link, or a renamed copy), else None."""
+    if not final.is_file():
+        return None
+    backup = final.with_name(f".{final.stem}.old-{os.getpid()}{final.suffix}")
+    remove_quietly(backup)
+    try:
+        os.link(final, backup)
+    except OSError:  # no hard links on this file system: move it aside instead
+        os.replace(final, backup)
+    return backup
 
 
 def _map_writer(data: np.ndarray, voxel_size: float) -> Callable[[Path], object]:

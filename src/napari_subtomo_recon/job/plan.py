@@ -125,6 +125,26 @@ def check_visible(inp: Inputs, plans: list[TomoPlan]) -> None:
     )
 
 
+def check_window(params: ReconstructParams, inp: Inputs) -> None:
+    """Before any geometry: the window cut from each tilt image (box × binning unbinned
+    pixels) must not dwarf the images.  RELION pads a window that overhangs the image,
+    but one many times larger only costs memory and time (and an absurd --bin such as
+    1e308 would overflow the geometry)."""
+    window = float(params.box_size) * float(params.binning)
+    for ts in inp.tomograms.tomograms:
+        w, h = ts.image_size
+        if w and h and window > WINDOW_LIMIT * max(w, h):
+            raise InputError(
+                f"--b {params.box_size} at --bin {params.binning:g}: the window cut from each "
+                f"tilt image would be {window:.4g} pixels wide, more than {WINDOW_LIMIT}× the "
+                f"tilt images of tomogram '{ts.name}' ({w}x{h} px); reduce --b or --bin"
+            )
+
+
+# how many times larger than the tilt images a window may be (RELION pads the overhang)
+WINDOW_LIMIT = 4
+
+
 def memory_estimate(params: ReconstructParams, plans: list[TomoPlan], st: Any) -> int:
     """Peak resident bytes of a run: accumulators + the larger of (tilt images and their
     FFTs + one batch of prepared slices + one chunk of windows per thread) and

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..io.atomic import fault, write_text_atomic
 from ..io.jobstar import JOB_TYPE_LABEL, JobStar, read_job_star, write_job_star
 from ..params import (
     ReconstructParams,
@@ -454,10 +455,13 @@ def start(
 ) -> None:
     """What RELION's GUI does before running a job: job.star, no old status, note.txt."""
     job_dir = Path(job_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    write_job(job_dir, p, is_continue)
-    clear_status(job_dir)
-    append_note(job_dir, commands)
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        write_job(job_dir, p, is_continue)
+        clear_status(job_dir)
+        append_note(job_dir, commands)
+    except OSError as e:  # a full disk or a missing permission: the machine's, in one line
+        raise fault(e.filename or job_dir, e) from None
 
 
 def has_checkpoints(job_dir: str | os.PathLike[str]) -> bool:
@@ -527,6 +531,9 @@ def write_submission_script(p: ReconstructParams, cmd: JobCommand) -> tuple[Path
     template = (project / p.qsubscript).read_text()
     script_rel = with_slash(p.output_dir) + "run_submit.script"
     script = project / script_rel
-    script.write_text(submission_script(template, [str(cmd)], p, p.output_dir))
-    script.chmod(0o755)
+    write_text_atomic(script, submission_script(template, [str(cmd)], p, p.output_dir))
+    try:
+        script.chmod(0o755)
+    except OSError as e:
+        raise fault(script, e, "cannot make the script executable") from None
     return script, [*shlex.split(p.qsub), script_rel]

@@ -47,7 +47,15 @@ from .outputs import (
     prepare_output_dir,
     write_outputs,
 )
-from .plan import TomoPlan, check_visible, fit_memory, plan_work, settings_of, split_plans
+from .plan import (
+    TomoPlan,
+    check_visible,
+    check_window,
+    fit_memory,
+    plan_work,
+    settings_of,
+    split_plans,
+)
 
 T = TypeVar("T")
 Events = Generator[Any, None, T]
@@ -142,6 +150,7 @@ class Job:
         return load_inputs(self.params, self.root)
 
     def plan(self, inp: Inputs) -> Events[Plan]:
+        check_window(self.params, inp)
         all_plans = plan_work(self.params, inp)
         plans = split_plans(all_plans, self.comm.rank, self.comm.size)
         st = settings_of(self.params)
