@@ -1163,3 +1163,80 @@ def test_accepted_extreme_flags_end_cleanly(flag, text, tmp_path_factory):
     else:
         for p in out.glob("*.mrc"):
             assert np.isfinite(mrcfile.read(p)).all(), p
+
+
+# the numeric labels the readers use (a value of an unused label is never read)
+USED_LABELS = {
+    "rlnAmplitudeContrast", "rlnAnglePsi", "rlnAngleRot", "rlnAngleTilt",
+    "rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst",
+    "rlnCtfBfactor", "rlnCtfBfactorPerElectronDose", "rlnCtfScalefactor", "rlnDefocusAngle",
+    "rlnDefocusU", "rlnDefocusV", "rlnMicrographPreExposure", "rlnOpticsGroup",
+    "rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst", "rlnPhaseShift", "rlnRandomSubset",
+    "rlnSphericalAberration", "rlnTomoHand", "rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ",
+    "rlnTomoTiltSeriesPixelSize", "rlnTomoXShiftAngst", "rlnTomoXTilt", "rlnTomoYShiftAngst",
+    "rlnTomoYTilt", "rlnTomoZRot", "rlnVoltage",
+}  # fmt: skip
+
+
+def _numeric_star_cells():
+    """(file, block, label, column) of every used numeric label in the RELION 5 fixture's
+    loops."""
+    from napari_subtomo_recon.io.star import read_star
+
+    cells = []
+    for name in ("tilt_series/TS_01.star", "tomograms.star", "particles.star"):
+        for block, df in read_star(INPUTS / "r5" / name).items():
+            for k, label in enumerate(df.columns):
+                if label in USED_LABELS and df[label].dtype.kind in "if" and len(df) > 1:
+                    cells.append((name, block, label, k))
+    return cells
+
+
+def _rows_of(lines: list[str], block: str) -> list[int]:
+    """Indices of the data rows of ``data_<block>`` (a loop)."""
+    start = lines.index(f"data_{block}")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("data_")),
+               len(lines))  # fmt: skip
+    heads = ("#", "_", "loop_")
+    return [i for i in range(start + 1, end) if lines[i].strip() and not lines[i].startswith(heads)]
+
+
+@fuzz_settings(120)
+@given(cell=st.sampled_from(_numeric_star_cells()), text=NASTY, row=st.integers(1, 3))
+def test_every_numeric_star_value_is_read_or_refused_with_its_line(cell, text, row):
+    """A value written into a numeric STAR field the job uses: read as that number (finite,
+    in its label's domain), or one InputError naming the file, the line, the label and the
+    text as written."""
+    from napari_subtomo_recon.errors import InputError
+    from napari_subtomo_recon.io.labels import STAR_DOMAINS
+
+    name, block, label, column = cell
+    text = text.strip() or "0"  # (an empty value is another number of values: grammar)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "r5"
+        shutil.copytree(INPUTS / "r5", root)
+        path = root / name
+        lines = path.read_text().splitlines()
+        rows = _rows_of(lines, block)
+        i = rows[min(row, len(rows)) - 1]
+        words = lines[i].split()
+        words[column] = text
+        lines[i] = "  ".join(words)
+        path.write_text("\n".join(lines) + "\n")
+        with working_dir(root), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                read_everything()
+            except InputError as e:
+                msg = str(e)
+                assert "\n" not in msg
+                if f"(line {i + 1}) {label}" in msg:
+                    assert f"'{text}'" in msg, msg
+                    event("refused with its line")
+                else:  # refused for what the value does elsewhere (e.g. no visible tilt)
+                    event("refused elsewhere")
+                return
+    value = float(text)
+    domain = STAR_DOMAINS.get(label)
+    assert np.isfinite(value) and (domain is None or domain.problem(value) is None), (label, text)
+    event("accepted")
