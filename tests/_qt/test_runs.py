@@ -370,3 +370,26 @@ def test_a_run_waits_for_the_kernel_warm_up(qtbot, widget, monkeypatch):
     release.set()
     out = wait_done(qtbot, widget)
     assert out.status == "ok", out.message
+
+
+def test_an_empty_half_set_is_a_warning_and_no_fsc(qtbot, widget, dataset, monkeypatch):
+    """Issue 14: every particle in half 1 — the maps are written, the user is warned that
+    the half-map FSC is not available, and the status gives no resolution."""
+    import napari.utils.notifications as nt
+    import starfile
+
+    warned: list[str] = []
+    monkeypatch.setattr(nt, "show_warning", lambda msg: warned.append(str(msg)))
+    root = Path(dataset.root)
+    blocks = starfile.read(root / "particles.star", always_dict=True)
+    blocks["particles"]["rlnRandomSubset"] = 1
+    starfile.write(blocks, root / "one_half.star")
+    (root / "one_half_optimisation_set.star").write_text(
+        "data_\n_rlnTomoParticlesFile one_half.star\n_rlnTomoTomogramsFile tomograms.star\n"
+    )
+    set_params(widget, optimisation_set="one_half_optimisation_set.star")
+    assert widget.run()
+    out = wait_done(qtbot, widget)
+    assert out.status == "ok", out.message
+    qtbot.waitUntil(lambda: any("FSC is not available" in w for w in warned), timeout=10_000)
+    assert "FSC" not in widget.status.text() and "finished" in widget.status.text()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -450,7 +451,7 @@ class ReconstructParticleWidget(QWidget):
                 self.status.setText(f"Sample data set in {root}: ready to run")
 
         def resume() -> None:  # after napari has drawn the map in 3D
-            QTimer.singleShot(1000, lambda: self._pause_warmup(False))
+            self._later(1000, lambda: self._pause_warmup(False))
 
         one_per_turn([show_truth, to_3d, self.viewer.reset_view, fill], resume)
 
@@ -503,7 +504,7 @@ class ReconstructParticleWidget(QWidget):
             job_argv(cmd), str(project), env=env, log_dir=job_dir, status_dir=job_dir,
             nice=JOB_NICE,
         )  # fmt: skip
-        QTimer.singleShot(STEP_MS, lambda: self._prepare_preview(p, job_dir))  # a turn later
+        self._later(STEP_MS, lambda: self._prepare_preview(p, job_dir))  # a turn later
         if self.warmup.running:
             self._pending = child
             self.status.setText(f"{job_dir.name}: waits for the kernels to be ready…")
@@ -674,6 +675,15 @@ class ReconstructParticleWidget(QWidget):
             one_per_turn([partial(self._warn, w) for w in out.warnings])
 
         self._show_maps(out.maps, job, done)
+
+    def _later(self, ms: int, fn: Callable[[], object]) -> None:
+        """``fn`` in ``ms`` ms, unless the widget is gone by then (the timer is its child:
+        a bare ``QTimer.singleShot`` would call into deleted widgets)."""
+        timer = QTimer(self)
+        timer.setSingleShot(True)
+        timer.timeout.connect(fn)
+        timer.timeout.connect(timer.deleteLater)
+        timer.start(ms)
 
     # ------------------------------------------------------------------ messages
     def _error(self, msg: str) -> None:
