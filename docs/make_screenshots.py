@@ -119,13 +119,18 @@ def main(argv=None) -> int:
     w._set_output_auto()
     jw.PREVIEW_SECONDS = 0.25  # the sample job takes only seconds
     shots = {}
+    children = []  # the job's child process, to hold it while the preview is captured
+    submit = w._submit_job
+    w._submit_job = lambda child: (children.append(child), submit(child))
 
     def on_progress(update):
         p = update.event
-        if isinstance(p, ev.Preview) and "running" not in shots and p.done >= 0.25 * p.total:
-            _settle(app, 0.3)
+        if isinstance(p, ev.Preview) and "running" not in shots:  # the first preview
+            children[0].pause(True)  # the sample job ends within a second otherwise
+            _settle(app, 1.0)
             path = str(out / "running.png")
             shots["running"] = viewer.screenshot(path, canvas_only=False, flash=False)
+            children[0].pause(False)
 
     w.jobs.progressed.connect(on_progress)
     if not w.run():

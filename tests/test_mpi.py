@@ -94,7 +94,14 @@ def test_ranks_split_particles_not_tomograms():
     assert np.array_equal(np.sort(ids), np.arange(len(ids)))
 
 
-def test_a_failing_rank_stops_every_rank_without_outputs(tmp_path):
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [("InputError('simulated failure')", 1),
+     ("OSError(28, 'No space left on device', 'simulated.npy')", 4)],
+)  # fmt: skip
+def test_a_failing_rank_stops_every_rank_without_outputs(tmp_path, fault, code):
+    """Every rank stops with rank 1's message and its kind: bad input exits 1, a full disk
+    on another rank is still an environment fault (4)."""
     launcher = mpirun()
     data = tmp_path / "r5"
     shutil.copytree(INPUTS / "r5", data)
@@ -108,7 +115,7 @@ def test_a_failing_rank_stops_every_rank_without_outputs(tmp_path):
         "from napari_subtomo_recon.job.runner import Job\n"
         "def fault(step):\n"
         "    if step == 'backproject' and MPI.COMM_WORLD.Get_rank() == 1:\n"
-        "        raise InputError('simulated failure')\n"
+        f"        raise {fault}\n"
         "job.run = lambda params, **kw: Job(params, faults=fault, **kw).run()\n"
         "from napari_subtomo_recon.cli import main\n"
         "sys.exit(main())\n"
@@ -117,7 +124,7 @@ def test_a_failing_rank_stops_every_rank_without_outputs(tmp_path):
         [*launcher, "-n", "2", sys.executable, str(failing), *FLAGS, "--o", str(tmp_path / "job")],
         data,
     )
-    assert r.returncode != 0
+    assert r.returncode == code, r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("subtomo-recon: error:")]
     assert errors and all("rank 1" in ln for ln in errors), r.stderr
     assert "Traceback" not in r.stderr

@@ -1230,11 +1230,9 @@ def test_every_numeric_star_value_is_read_or_refused_with_its_line(cell, text, r
             except InputError as e:
                 msg = str(e)
                 assert "\n" not in msg
-                if f"(line {i + 1}) {label}" in msg:
-                    assert f"'{text}'" in msg, msg
-                    event("refused with its line")
-                else:  # refused for what the value does elsewhere (e.g. no visible tilt)
-                    event("refused elsewhere")
+                assert f"{name}: data_{block} row " in msg, msg
+                assert f"(line {i + 1}) {label}: '{text}'" in msg, msg
+                event("refused with its line")
                 return
     value = float(text)
     domain = STAR_DOMAINS.get(label)

@@ -124,7 +124,7 @@ def test_invalid_half_set(data, capsys):
     edit_star(
         "particles.star", "particles", lambda d: d.assign(rlnRandomSubset=[1] * (len(d) - 1) + [3])
     )
-    fails(capsys, BASE, "particles.star", "rlnRandomSubset", "row 24", "must be 1 or 2")
+    fails(capsys, BASE, "particles.star", "rlnRandomSubset", "row 24", "'3' must be in [1, 2]")
 
 
 def test_trajectory_with_wrong_frame_count(data, capsys, monkeypatch):

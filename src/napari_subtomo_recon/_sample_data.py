@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,42 +64,23 @@ def _dock_widget() -> None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m napari_subtomo_recon._sample_data DIR``, reporting through events."""
     from . import events as ev
-    from .cli import EventReporter, failure_of
+    from .cli import helper_main
 
     args = sys.argv[1:] if argv is None else argv
     root = Path(args[0] if args else "subtomo-recon-sample")
-    try:
-        os.nice(10)  # background work for napari: the user's clicks come first
-    except OSError:
-        pass
-    reporter = EventReporter(sys.stderr) if os.environ.get(ev.ENV) == "stderr" else None
-    t0 = time.perf_counter()
-    if reporter is not None:
-        reporter.progress(
-            ev.Progress(ev.Stage.SIMULATING, message=f"writing the sample data set to {root}")
-        )
-    try:
+
+    def work(report: Callable[[ev.Progress], None]) -> ev.Result:
+        t0 = time.perf_counter()
+        report(ev.Progress(ev.Stage.SIMULATING, message=f"writing the sample data set to {root}"))
         ds = write_sample_data(root)
-    except Exception as e:
-        failure = failure_of(e, debug=True)
-        if reporter is not None:
-            reporter.failure(failure, True)
-        print(f"sample data: error: {failure.message}", file=sys.stderr)
-        return failure.exit_code
-    result = ev.Result(
-        output_dir=Path(ds.root),
-        files={
-            "ground_truth": Path(ds.ground_truth),
-            "optimisation_set": Path(ds.optimisation_set),
-        },
-        voxel_size=SAMPLE_VOXEL,
-        elapsed=time.perf_counter() - t0,
-    )
-    if reporter is not None:
-        reporter.result(result)
-    else:
-        print(f"sample data set written to {root}")
-    return 0
+        files = {"ground_truth": ds.ground_truth, "optimisation_set": ds.optimisation_set}
+        return ev.Result(
+            output_dir=Path(ds.root),
+            files={k: Path(v) for k, v in files.items()},
+            elapsed=time.perf_counter() - t0,
+        )
+
+    return helper_main("sample data", work, lambda r: f"sample data set written to {root}")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,11 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from . import events as ev
-from .errors import Cancelled, EnvironmentFault, InputError
+from .errors import Cancelled, InputError, failure_kind
 from .params import ReconstructParams, check_value, format_value, kind_of, parse_text, spec_of
 
 # flags of the program itself, not job options
@@ -278,24 +278,52 @@ def _keep_freed_memory() -> None:
 
 
 def failure_of(e: BaseException, debug: bool = False) -> ev.Failure:
-    """How an exception ends a job: the kind (exit code) and one line."""
+    """How an exception ends a job: the kind (exit code, :func:`~.errors.failure_kind`) and one
+    line."""
+    kind = ev.FailureKind(failure_kind(e))
     detail = "".join(traceback.format_exception(e)) if debug else ""
-    if isinstance(e, InputError):
-        return ev.Failure(ev.FailureKind.INPUT, str(e), detail)
-    if isinstance(e, Cancelled):
-        return ev.Failure(ev.FailureKind.CANCELLED, str(e), detail)
-    if isinstance(e, EnvironmentFault):
-        return ev.Failure(ev.FailureKind.ENVIRONMENT, str(e), detail)
+    if kind is ev.FailureKind.INTERNAL:
+        hint = "" if debug else " (an internal error; --debug shows the traceback)"
+        detail = detail or "".join(traceback.format_exception(e))
+        return ev.Failure(kind, f"{type(e).__name__}: {e}{hint}", detail)
     if isinstance(e, MemoryError):
-        return ev.Failure(
-            ev.FailureKind.ENVIRONMENT, "out of memory (try a smaller --b or --mem)", detail
-        )
-    if isinstance(e, OSError) and e.errno is not None:
+        return ev.Failure(kind, "out of memory (try a smaller --b or --mem)", detail)
+    if isinstance(e, OSError):  # (an errno: the machine's)
         where = f"{e.filename}: " if e.filename else ""
-        return ev.Failure(ev.FailureKind.ENVIRONMENT, f"{where}{e.strerror or e}", detail)
-    hint = "" if debug else " (an internal error; --debug shows the traceback)"
-    detail = detail or "".join(traceback.format_exception(e))
-    return ev.Failure(ev.FailureKind.INTERNAL, f"{type(e).__name__}: {e}{hint}", detail)
+        return ev.Failure(kind, f"{where}{e.strerror or e}", detail)
+    return ev.Failure(kind, str(e), detail)
+
+
+def helper_main(
+    name: str,
+    work: Callable[[Callable[[ev.Progress], None]], ev.Result],
+    summary: Callable[[ev.Result], str],
+) -> int:
+    """A helper program of the widget (kernel warm-up, sample data): ``work(report)``'s
+    progress and result, or its failure, as events with ``SUBTOMO_EVENTS=stderr``, else as
+    text.  Returns the exit code."""
+    reporter = EventReporter(sys.stderr) if os.environ.get(ev.ENV) == "stderr" else None
+
+    def report(p: ev.Progress) -> None:
+        if reporter is not None:
+            reporter.progress(p)
+        else:
+            print(p.message, file=sys.stderr)
+
+    try:
+        result = work(report)
+    except Exception as e:
+        failure = failure_of(e, debug=True)
+        if reporter is not None:
+            reporter.failure(failure, True)
+        else:
+            print(f"{name}: error: {failure.message}", file=sys.stderr)
+        return failure.exit_code
+    if reporter is not None:
+        reporter.result(result)
+    else:
+        print(summary(result))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,8 +71,8 @@ class Domain:
             bad |= (v <= self.min) if self.min_open else (v < self.min)
         if self.max is not None:
             bad |= (v >= self.max) if self.max_open else (v > self.max)
-        if self.even:
-            bad |= np.mod(v, 2) != 0
+        if self.even:  # as problem(): int() truncates
+            bad |= np.mod(np.trunc(v), 2) != 0
         if self.check is not None:
             bad |= np.array([self.check(float(x)) is not None for x in v], dtype=bool)
         return np.flatnonzero(bad)

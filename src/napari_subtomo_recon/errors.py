@@ -16,12 +16,18 @@ class Cancelled(Exception):
 
 class EnvironmentFault(Exception):
     """The machine stopped the job: a full disk, a missing permission, a read-only file
-    system.  The message names the file and the cause; nothing half-written is left.
+    system.  The message names the file and the cause; nothing half-written is left."""
 
-    ``cause`` alone (e.g. "No space left on device"), for a caller that names the file
-    differently (a temporary file's final name).
-    """
 
-    def __init__(self, message: str, cause: str = "") -> None:
-        super().__init__(message)
-        self.cause = cause or message
+def failure_kind(e: BaseException) -> str:
+    """How a failure ends a job: "input" (exit 1), "cancelled" (3), "environment" (4: a
+    full disk, a missing permission, memory) or "internal" (2: a defect)."""
+    if isinstance(e, InputError):
+        return "input"
+    if isinstance(e, Cancelled):
+        return "cancelled"
+    if isinstance(e, EnvironmentFault | MemoryError) or (
+        isinstance(e, OSError) and e.errno is not None
+    ):
+        return "environment"
+    return "internal"

@@ -37,9 +37,9 @@ from .errors import InputError
 
 TABS = ("I/O", "Average", "Helix", "Running")
 
-# symmetry operators (point group order, helical units): beyond this a job would
-# spend hours symmetrising (one pass over the volumes each) or building the group
-MAX_OPERATORS = 1000
+# each helical unit is one more pass of the symmetrisation over the volumes: beyond this
+# a job would spend hours there (point groups are at most D99: the names allow 2 digits)
+MAX_HELICAL_UNITS = 1000
 
 T = TypeVar("T")
 
@@ -323,7 +323,7 @@ class ReconstructParams:
         "integer should not be less than 1. The correct value is essential in measuring the "
         "signal to noise ratio in helical reconstruction.",
         flag="--nr_helical_asu", job_option="helical_nr_asu", tab="Helix",
-        domain=Domain(min=1, max=MAX_OPERATORS, why="each unit is one more pass of the "
+        domain=Domain(min=1, max=MAX_HELICAL_UNITS, why="each unit is one more pass of the "
                       "symmetrisation over the volumes"),
         slider=(1, 100, 1), metavar="N",
     ))  # fmt: skip

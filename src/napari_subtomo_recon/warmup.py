@@ -11,9 +11,9 @@ the cache warm.  It reports through :mod:`.events` like ``subtomo-recon``.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -109,35 +109,14 @@ def _estimate(n_cold: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Warm the cache; with ``SUBTOMO_EVENTS=stderr`` report through events."""
-    from .cli import EventReporter, failure_of
+    from .cli import helper_main
 
-    try:
-        os.nice(10)  # background work: napari and a user's job come first
-    except OSError:
-        pass
-    events = os.environ.get(ev.ENV) == "stderr"
-    reporter = EventReporter(sys.stderr) if events else None
+    def work(report: Callable[[ev.Progress], None]) -> ev.Result:
+        return ev.Result(output_dir=Path(tempfile.gettempdir()), elapsed=warm(report))
 
-    def report(p: ev.Progress) -> None:
-        if reporter is not None:
-            reporter.progress(p)
-        else:
-            print(p.message, file=sys.stderr)
-
-    try:
-        seconds = warm(report)
-    except Exception as e:
-        failure = failure_of(e, debug=True)
-        if reporter is not None:
-            reporter.failure(failure, True)
-        else:
-            print(f"subtomo-recon warm-up: error: {failure.message}", file=sys.stderr)
-        return failure.exit_code
-    if reporter is not None:
-        reporter.result(ev.Result(output_dir=Path(tempfile.gettempdir()), elapsed=seconds))
-    else:
-        print(f"kernels ready in {seconds:.1f} s")
-    return 0
+    return helper_main(
+        "subtomo-recon warm-up", work, lambda r: f"kernels ready in {r.elapsed:.1f} s"
+    )
 
 
 if __name__ == "__main__":

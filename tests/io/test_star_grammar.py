@@ -144,10 +144,11 @@ def test_values_are_quoted_as_written_with_their_line(tmp_path):
 
 
 def test_line_numbers_follow_selected_rows(tmp_path):
-    df = particles(write(tmp_path, TABLE.replace("TS_02 30 0", "TS_02 -30.50 0")))
-    t = Table(df[df["rlnTomoName"] == "TS_02"], "t.star", "particles")
-    assert t.where("rlnCoordinateX", 0) == "t.star: data_particles row 1 (line 11) rlnCoordinateX"
-    assert t.text("rlnCoordinateX", 0) in ("-30.50", "-30.5")  # (the file is not in cwd)
+    path = write(tmp_path, TABLE.replace("TS_02 30 0", "TS_02 -30.50 0"))
+    df = particles(path)
+    t = Table(df[df["rlnTomoName"] == "TS_02"], path, "particles")
+    assert t.where("rlnCoordinateX", 0) == f"{path}: data_particles row 1 (line 11) rlnCoordinateX"
+    assert t.text("rlnCoordinateX", 0) == "-30.50"  # as written, not the parsed -30.5
 
 
 def test_domains_quote_the_text_and_give_the_reason(tmp_path):

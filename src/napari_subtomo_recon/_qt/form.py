@@ -177,11 +177,17 @@ class _Path(_Field):
         row.addWidget(self.line, 1)
         row.addWidget(self.button)
         self.widget = box
+        self._shown = ""
         self.line.textChanged.connect(self._changed)
         self.button.clicked.connect(self._browse)
 
     def _changed(self, *_: Any) -> None:
-        self.line.setToolTip(self.text())
+        # the eliding line edit sets its (elided) text again on every resize and focus
+        # change: only a new path is an edit
+        if self.text() == self._shown:
+            return
+        self._shown = self.text()
+        self.line.setToolTip(self._shown)
         self.edited.emit()
 
     def text(self) -> str:
@@ -189,7 +195,8 @@ class _Path(_Field):
 
     def set_value(self, value: Any) -> None:
         self.line.setText("" if value is None else str(value))
-        self.line.setToolTip(self.text())
+        self._shown = self.text()
+        self.line.setToolTip(self._shown)
 
     def _browse(self) -> None:
         base = Path(self.base_dir() or os.getcwd())
@@ -197,15 +204,13 @@ class _Path(_Field):
         if self.kind == "dir":
             chosen = QFileDialog.getExistingDirectory(self.widget, self.spec.label, start)
             if chosen:
-                self.set_value(str(Path(chosen).resolve()))
-                self.edited.emit()
+                self.set_value(str(Path(chosen).resolve()))  # (emits edited if new)
             return
         chosen, _ = QFileDialog.getOpenFileName(
             self.widget, self.spec.label, start, self.spec.pattern or ""
         )
         if chosen:
             self.set_value(relative_to(chosen, base))
-            self.edited.emit()
 
 
 class _Extras(_Field):

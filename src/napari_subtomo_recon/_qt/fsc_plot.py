@@ -71,7 +71,7 @@ class FscPlot(QWidget):
         if plot.width() < 20 or plot.height() < 20:
             return
         if self.curve is None or self.curve.size < 2:
-            p.drawText(plot, centre, "no FSC yet: run a job with half sets")
+            p.drawText(plot, centre, "no FSC yet (a finished job with half sets has one)")
             return
         freq = self._frequencies(self.curve)
         fmax = freq[-1]

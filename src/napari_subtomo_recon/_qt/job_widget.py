@@ -114,7 +114,6 @@ class ReconstructParticleWidget(QWidget):
         self.viewer = napari_viewer
         self.last_error: str | None = None
         self.last_outcome: Outcome | None = None
-        self.kernels_ready = False
         self._output_auto = True  # output_dir follows the next free job number
         self._running_job: Path | None = None
         self._pending: Child | None = None  # a run waiting for the kernel warm-up
@@ -235,12 +234,6 @@ class ReconstructParticleWidget(QWidget):
 
     def command(self) -> relion.JobCommand:
         return relion.build_command(self.params())
-
-    def check(self, is_continue: bool = False) -> str | None:
-        problem = self.form.problem()
-        if problem:
-            return problem
-        return relion.check(self.params(), is_continue)
 
     # ------------------------------------------------------------------ field logic
     def _on_changed(self, name: str) -> None:
@@ -371,9 +364,10 @@ class ReconstructParticleWidget(QWidget):
         """Compile (or load) the kernels in a child process, in the background (once per
         napari session)."""
         if _KERNELS["ready"]:
-            self.kernels_ready = True
             return
-        self._warmup_child = Child(program_tokens("napari_subtomo_recon.warmup"), os.getcwd())
+        self._warmup_child = Child(
+            program_tokens("napari_subtomo_recon.warmup"), os.getcwd(), nice=JOB_NICE
+        )
         self.status.setText("Preparing the reconstruction kernels…")
         self.warmup.submit(child_work, self._warmup_child)
 
@@ -386,14 +380,15 @@ class ReconstructParticleWidget(QWidget):
             self.status.setText(text + "…")
 
     def _on_warmup_finished(self, outcome: Outcome) -> None:
-        self.kernels_ready = _KERNELS["ready"] = outcome.status == "ok"
+        _KERNELS["ready"] = outcome.status == "ok"
         if outcome.status == "error":  # the job compiles what it needs itself
             self._warn(f"kernel warm-up failed ({outcome.message}); jobs compile on first use")
         if self._pending is not None:
             child, self._pending = self._pending, None
             self._submit_job(child)
         elif not self.jobs.running:
-            self.status.setText("Ready" if self.kernels_ready else self.status.text())
+            if _KERNELS["ready"]:
+                self.status.setText("Ready")
 
     # ------------------------------------------------------------------ sample data
     def _on_layer_inserted(self, event: Any) -> None:
@@ -408,7 +403,8 @@ class ReconstructParticleWidget(QWidget):
         argv = [*program_tokens("napari_subtomo_recon._sample_data"), str(root)]
         self._sample_layer = event.value
         self._pause_warmup(True)  # two background jobs on a small machine: one at a time
-        self.samples.submit(child_work, Child(argv, str(root)), shown=("ground_truth",))
+        child = Child(argv, str(root), nice=JOB_NICE)
+        self.samples.submit(child_work, child, shown=("ground_truth",))
 
     def _on_sample_progress(self, update: Update) -> None:
         if isinstance(update.event, ev.Progress) and not self.jobs.running:
@@ -713,17 +709,18 @@ class ReconstructParticleWidget(QWidget):
             pass
 
     # ------------------------------------------------------------------ lifetime
-    def _shutdown(self) -> None:
+    def _shutdown(self, wait: float = 5.0) -> None:
+        """Cancel every background task; ``wait`` lets a worker terminate an mpirun
+        process group."""
         self._pause_warmup(False)  # a stopped process would not see the SIGTERM
         for runner in (self.jobs, self.warmup, self.samples):
             if runner.running:
                 runner.cancel()
-                runner.wait(5.0)  # lets the worker terminate an mpirun process group
+                if wait:
+                    runner.wait(wait)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
-        self._pause_warmup(False)
-        for runner in (self.jobs, self.warmup, self.samples):
-            runner.cancel()
+        self._shutdown(wait=0)
         super().closeEvent(event)
 
 

@@ -52,7 +52,10 @@ class Update:
     map: MapData | None = None
 
 
-def read_map_data(path: Path, tag: str) -> MapData | None:
+def read_map_data(
+    path: Path, tag: str, levels: tuple[float, float, float] | None = None
+) -> MapData | None:
+    """The map at ``path``; ``levels`` if the job computed them already (previews)."""
     from ..display import display_levels
     from ..io.mrc import read_map
 
@@ -60,7 +63,7 @@ def read_map_data(path: Path, tag: str) -> MapData | None:
         data, vs = read_map(path)
     except Exception:  # the file went away (the job finished) or is being replaced
         return None
-    return MapData(tag, data, vs, display_levels(data))
+    return MapData(tag, data, vs, levels if levels is not None else display_levels(data))
 
 
 def child_work(
@@ -75,7 +78,7 @@ def child_work(
             outcome: Outcome = stop.value
             break
         if isinstance(event, ev.Preview):
-            m = read_map_data(event.path, "preview")
+            m = read_map_data(event.path, "preview", event.levels)
             if m is not None:
                 yield Update(event, m)
         else:

@@ -34,7 +34,7 @@ def fault(path: StrPath, e: OSError, doing: str = "cannot write") -> Environment
     cause = e.strerror or str(e) or type(e).__name__
     if e.errno is None and "requested and" in str(e):
         cause = f"no space left on device? ({e})"
-    return EnvironmentFault(f"{path}: {doing} ({cause})", cause)
+    return EnvironmentFault(f"{path}: {doing} ({cause})")
 
 
 @contextlib.contextmanager

@@ -90,7 +90,7 @@ class Checkpoint:
         if old is not None:  # the previous generation is no longer referenced
             for name in old.get("files", {}).values():
                 if name not in names.values():
-                    (self.folder / name).unlink(missing_ok=True)
+                    remove_quietly(self.folder / name)
 
     def _read_record(self) -> dict[str, Any] | None:
         try:
@@ -132,3 +132,11 @@ class Checkpoint:
             os.rmdir(self.folder)
         except OSError:
             pass
+
+
+def has_checkpoints(job_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``<job_dir>/temp/`` holds the checkpoint of an unfinished run."""
+    try:
+        return any((Path(job_dir) / "temp").glob("checkpoint_rank*.json"))
+    except OSError:
+        return False

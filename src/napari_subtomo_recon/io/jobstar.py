@@ -7,7 +7,6 @@ Only the file format: option names and values are strings here.  What the option
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,39 +61,21 @@ def write_job_star(path: str | os.PathLike[str], job: JobStar) -> Path:
     return p
 
 
-_TOKEN = re.compile(r'"((?:[^"]|"(?!\s|$))*)"(?=\s|$)|(\S+)')
-
-
-def _tokens(line: str) -> list[str]:
-    return [q if u is None or u == "" else u for q, u in _TOKEN.findall(line)]
-
-
 def read_job_star(path: str | os.PathLike[str]) -> JobStar:
-    """Read a RELION job.star (``path`` may be the job folder)."""
+    """Read a RELION job.star (``path`` may be the job folder), with the STAR grammar of
+    :mod:`.star`."""
+    from .star import RawBlock, read_raw
+
     p = Path(path)
     if p.is_dir():
         p = p / "job.star"
     if not p.is_file():
         raise InputError(f"{p}: job.star not found")
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: cannot read job.star ({e})") from None
-    blocks: dict[str, list[list[str]]] = {}
-    block = None
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0] if raw.lstrip().startswith("#") else raw
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("data_"):
-            block = line[5:]
-            blocks[block] = []
-        elif block is not None:
-            blocks[block].append(_tokens(line.replace("\a", "")))
+    blocks: dict[str, RawBlock] = read_raw(p, p, "job.star")
     if "job" not in blocks:
         raise InputError(f"{p}: not a RELION job.star (no data_job block)")
-    head = {t[0].lstrip("_"): (t[1] if len(t) > 1 else "") for t in blocks["job"] if t}
+    job = blocks["job"]
+    head = dict(zip(job.labels, job.rows[0] if job.rows else [], strict=False))
     label = head.get("rlnJobTypeLabel", "")
     if label != JOB_TYPE_LABEL:
         raise InputError(
@@ -102,19 +83,12 @@ def read_job_star(path: str | os.PathLike[str]) -> JobStar:
         )
     if "joboptions_values" not in blocks:
         raise InputError(f"{p}: not a RELION job.star (no data_joboptions_values block)")
-    rows = blocks["joboptions_values"]
-    labels = [t[0].lstrip("_") for t in rows if t and t[0].startswith("_")]
+    values = blocks["joboptions_values"]
     try:
-        kv = labels.index("rlnJobOptionVariable"), labels.index("rlnJobOptionValue")
+        kv = values.labels.index("rlnJobOptionVariable"), values.labels.index("rlnJobOptionValue")
     except ValueError:
         raise InputError(f"{p}: data_joboptions_values lacks rlnJobOptionVariable/Value") from None
-    options: dict[str, str] = {}
-    for t in rows:
-        if not t or t[0].startswith("_") or t[0] == "loop_":
-            continue
-        if len(t) < len(labels):
-            raise InputError(f"{p}: short row in data_joboptions_values: {' '.join(t)}")
-        options[t[kv[0]]] = t[kv[1]]
+    options = {row[kv[0]]: row[kv[1]] for row in values.rows}
 
     def flag(name: str) -> bool:
         return head.get(name, "0").strip() in ("1", "true", "Yes")

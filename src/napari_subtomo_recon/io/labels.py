@@ -18,7 +18,7 @@ def _hand(v: float) -> str | None:
     return None if v in (-1.0, 1.0) else "must be 1 or -1 (the handedness of the tilt axis)"
 
 
-POSITIVE_SIZE = Domain(min=0, min_open=True, why="a size in pixels")
+POSITIVE_SIZE = Domain(min=1, why="a size in pixels")
 
 STAR_DOMAINS: dict[str, Domain] = {
     # per tilt
@@ -42,7 +42,6 @@ STAR_DOMAINS: dict[str, Domain] = {
     # per tilt series, and per optics group
     "rlnTomoHand": Domain(check=_hand),
     "rlnTomoTiltSeriesPixelSize": Domain(min=0.001, max=1e4, why="in Å"),
-    "rlnImagePixelSize": Domain(min=0.001, max=1e4, why="in Å"),
     "rlnVoltage": Domain(min=0, min_open=True, max=5000, why="in kV"),
     "rlnSphericalAberration": Domain(min=-1e3, max=1e3, why="in mm"),
     "rlnAmplitudeContrast": Domain(min=0, max=1, why="a fraction"),
@@ -52,11 +51,8 @@ STAR_DOMAINS: dict[str, Domain] = {
     "rlnTomoSizeZ": POSITIVE_SIZE,
     "rlnTomoFrameCount": Domain(min=1, why="the number of tilt images"),
     # per particle
-    "rlnRandomSubset": Domain(
-        check=lambda v: None if v in (1.0, 2.0) else "is not a half set (must be 1 or 2)"
-    ),  # fmt: skip
+    "rlnRandomSubset": Domain(min=1, max=2, why="the half set, 1 or 2"),  # (ints() refuses 1.5)
     "rlnOpticsGroup": Domain(min=1, why="optics groups are numbered from 1"),
-    "rlnTomoSubtomogramBinning": Domain(min=0, min_open=True, why="a binning factor"),
     # trajectories
     "rlnParticleNumber": Domain(min=0, why="a number of particles"),
 }

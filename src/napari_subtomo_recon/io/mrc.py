@@ -166,17 +166,21 @@ class FrameReader:
         self.close()
 
 
-def write_map(path: StrPath, data: ArrayLike, voxel_size: float) -> None:
+def write_map(path: StrPath, data: ArrayLike, voxel_size: float, atomic: bool = True) -> None:
     """Write a float32 MRC (x fastest, origin 0) with the voxel size in the header.
 
     ``data`` is a map (z, y, x) (or an image (y, x)); it is converted to float32.
+    ``atomic``: through a temporary name (False: ``path`` is one already).
     """
     arr = np.ascontiguousarray(data, dtype=np.float32)
-    with atomic_path(path) as tmp:
-        with mrcfile.new(tmp, overwrite=True) as m:
+    if not atomic:
+        with mrcfile.new(path, overwrite=True) as m:
             m.set_data(arr)
             m.voxel_size = float(voxel_size)
             m.update_header_stats()
+        return
+    with atomic_path(path) as tmp:
+        write_map(tmp, arr, voxel_size, atomic=False)
 
 
 def read_map(path: StrPath) -> tuple[NDArray[np.float32], float]:

@@ -161,16 +161,8 @@ def _angles(t: Table, labels: tuple[str, str, str]) -> FloatArray:
 
 
 def _half_sets(t: Table) -> IntArray:
-    """(n,) rlnRandomSubset, each 1 or 2."""
-    raw = t.floats("rlnRandomSubset")
-    bad = np.flatnonzero((raw != 1) & (raw != 2))
-    if bad.size:
-        r = int(bad[0])
-        raise InputError(
-            f"{t.where('rlnRandomSubset', r)}: '{t.df['rlnRandomSubset'].iloc[r]}' "
-            "is not a half set (must be 1 or 2)"
-        )
-    return raw.astype(np.int64)
+    """(n,) rlnRandomSubset, each 1 or 2 (the label's domain)."""
+    return t.ints("rlnRandomSubset")
 
 
 def _optics_and_groups(
@@ -192,7 +184,7 @@ def _optics_and_groups(
 
 
 def _optics_from_table(ot: Table, opt_df: pd.DataFrame) -> Optics:
-    """``data_optics`` as read (row g-1 for group g); pixel sizes must be positive."""
+    """``data_optics`` as read (row g-1 for group g); values checked by their domains."""
     optics = Optics(
         pixel_size=ot.floats("rlnTomoTiltSeriesPixelSize"),
         voltage=ot.floats("rlnVoltage") if "rlnVoltage" in ot else None,
@@ -202,24 +194,20 @@ def _optics_from_table(ot: Table, opt_df: pd.DataFrame) -> Optics:
         odd_zernike=ot.vectors("rlnOddZernike") if "rlnOddZernike" in ot else None,
         table=opt_df,
     )
-    bad_px = np.flatnonzero(optics.pixel_size <= 0)
-    if bad_px.size:
-        raise InputError(
-            f"{ot.where('rlnTomoTiltSeriesPixelSize', int(bad_px[0]))}: must be positive"
-        )
     return optics
 
 
 def _optics_groups(t: Table, optics: Optics) -> IntArray:
     """(n,) rlnOpticsGroup, each naming a row of ``optics``."""
     groups = t.ints("rlnOpticsGroup")
-    bad = np.flatnonzero((groups < 1) | (groups > len(optics)))
+    bad = np.flatnonzero(groups > len(optics))  # (>= 1: the label's domain)
     if bad.size:
         r = int(bad[0])
-        raise InputError(
-            f"{t.where('rlnOpticsGroup', r)}: group {groups[r]} does not exist "
-            f"(data_optics has {len(optics)} rows; group g is row g)"
-        )
+        raise t.bad(
+            "rlnOpticsGroup", r,
+            f"names group {groups[r]}, which does not exist (data_optics has "
+            f"{len(optics)} rows; group g is row g)",
+        )  # fmt: skip
     return groups
 
 

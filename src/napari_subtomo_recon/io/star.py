@@ -71,7 +71,7 @@ def read_star(path: StrPath, what: str = "STAR file") -> dict[str, pd.DataFrame]
     written, which :class:`Table` quotes in its messages.
     """
     p = _readable_file(path, what)
-    return {b.name: _frame(b) for b in _parse(p, path, what).values()}
+    return {b.name: _frame(b) for b in read_raw(p, path, what).values()}
 
 
 def _readable_file(path: StrPath, what: str) -> Path:
@@ -112,7 +112,7 @@ class RawBlock:
     is_list: bool = True
 
 
-def _parse(p: Path, path: StrPath, what: str) -> dict[str, RawBlock]:
+def read_raw(p: Path, path: StrPath, what: str) -> dict[str, RawBlock]:
     """Every block of the file (the first of two with one name, as RELION reads it)."""
     try:
         data = p.read_bytes()
@@ -228,8 +228,9 @@ class _Parser:
 
 def tokens(line: str, where: str) -> list[str]:
     """The values of one line, as RELION's ``nextTokenInSTAR`` splits it: blank-separated
-    words, quoted strings ("a b" or 'a b', ending at a quote followed by a blank), and a
-    ``#`` at the start of a word ends the line."""
+    words, quoted strings ("a b" or 'a b', ending at a quote followed by a blank; a quote
+    after the escape character \\a does not end it, and \\a itself is dropped), and a ``#``
+    at the start of a word ends the line."""
     if '"' not in line and "'" not in line and "#" not in line:
         return line.split()  # the common case, fast
     out: list[str] = []
@@ -241,11 +242,13 @@ def tokens(line: str, where: str) -> list[str]:
             break
         if line[i] in "\"'":
             quote, j = line[i], i + 1
-            while j < n and not (line[j] == quote and (j + 1 == n or line[j + 1] in " \t")):
+            while j < n and not (
+                line[j] == quote and line[j - 1] != "\a" and (j + 1 == n or line[j + 1] in " \t")
+            ):
                 j += 1
             if j >= n:
                 raise InputError(f"{where}: a quoted value has no closing {quote}")
-            out.append(line[i + 1 : j])
+            out.append(line[i + 1 : j].replace("\a", ""))
             i = j + 1
         else:
             j = i
@@ -273,7 +276,9 @@ def _check_labels(b: RawBlock, path: StrPath) -> None:
 
 def _frame(b: RawBlock) -> pd.DataFrame:
     """The block as a DataFrame indexed by line number; see :func:`read_star`."""
-    index = pd.Index(b.lines, dtype=np.int64, name="line")
+    # loops: each row's line; a list: the line of its first label ("list": Table looks up
+    # each label's own line when it reports one)
+    index = pd.Index(b.lines, dtype=np.int64, name="list" if b.is_list else "line")
     columns: dict[str, Any] = {}
     for k, label in enumerate(b.labels):
         values = [row[k] for row in b.rows]
@@ -300,29 +305,33 @@ def _numeric(values: list[str]) -> Any:
 
 @functools.lru_cache(maxsize=8)
 def _raw_blocks(path: str, stamp: tuple[int, int]) -> dict[str, RawBlock]:
-    return _parse(Path(path), path, "STAR file")
+    return read_raw(Path(path), path, "STAR file")
+
+
+def _raw_block(path: StrPath, block: str) -> RawBlock | None:
+    """Block ``data_<block>`` as written, read again (once per file version): for messages
+    only, so None when the file is gone or no longer parses."""
+    try:
+        st = os.stat(path)
+        return _raw_blocks(str(path), (st.st_mtime_ns, st.st_size)).get(block)
+    except (OSError, InputError):
+        return None
 
 
 def raw_text(path: StrPath, block: str, label: str, line: int) -> str | None:
-    """The text written for ``label`` in the row on ``line`` of ``data_<block>`` (None if
-    the file has changed or holds no such value).  Reads the file again: for messages."""
-    try:
-        st = os.stat(path)
-        b = _raw_blocks(str(path), (st.st_mtime_ns, st.st_size))[block]
-        k = b.labels.index(label)
-        return b.rows[b.lines.index(line)][k]
-    except (OSError, InputError, KeyError, ValueError, IndexError):
+    """The text written for ``label`` in the row on ``line`` of ``data_<block>``, or None."""
+    b = _raw_block(path, block)
+    if b is None or label not in b.labels or line not in b.lines:
         return None
+    return b.rows[b.lines.index(line)][b.labels.index(label)]
 
 
 def label_line(path: StrPath, block: str, label: str) -> int | None:
-    """The line of ``label`` in a list-style block (None if unknown)."""
-    try:
-        st = os.stat(path)
-        b = _raw_blocks(str(path), (st.st_mtime_ns, st.st_size))[block]
-        return b.label_lines[b.labels.index(label)] if b.is_list else None
-    except (OSError, InputError, KeyError, ValueError):
+    """The line of ``label`` in a list-style block, or None."""
+    b = _raw_block(path, block)
+    if b is None or not b.is_list or label not in b.labels:
         return None
+    return b.label_lines[b.labels.index(label)]
 
 
 def require_block(
@@ -344,8 +353,9 @@ class Table:
 
     def __init__(self, df: pd.DataFrame, path: StrPath, block: str):
         self.lines: list[int] | None = (
-            [int(x) for x in df.index] if df.index.name == "line" else None
+            [int(x) for x in df.index] if df.index.name in ("line", "list") else None
         )
+        self.is_list = df.index.name == "list"
         self.df: pd.DataFrame = df.reset_index(drop=True)
         self.path: str = str(path)
         self.block: str = block
@@ -361,8 +371,8 @@ class Table:
 
     def line(self, label: str | None, row: int | None) -> int | None:
         """The line in the file that holds ``label`` of ``row`` (None if unknown)."""
-        if label is not None and self.lines is not None and len(self.lines) == 1:
-            own = label_line(self.path, self.block, label)  # a list: one label per line
+        if label is not None and self.is_list:
+            own = label_line(self.path, self.block, label)  # one label per line
             if own is not None:
                 return own
         if row is None or self.lines is None or not 0 <= row < len(self.lines):
@@ -397,29 +407,31 @@ class Table:
             if default is None:
                 raise self.missing(label)
             return np.full(len(self.df), float(default))
-        col = self.df[label]
-        values: FloatArray = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:
-            r = int(bad[0])
-            raise self.bad(label, r, "is not a finite number")
-        self._check_domain(label, values)
-        return values
+        return self._checked(label, slice(None))
 
     def bad(self, label: str, row: int, problem: str) -> InputError:
         """``path: data_block row r (line n) label: 'text as written' problem``."""
         return InputError(f"{self.where(label, row)}: '{self.text(label, row)}' {problem}")
 
-    def _check_domain(self, label: str, values: FloatArray) -> None:
+    def _checked(self, label: str, rows: slice) -> FloatArray:
+        """Rows ``rows`` of column ``label`` as float64, each a finite number in the
+        label's domain (:data:`~.labels.STAR_DOMAINS`)."""
         from .labels import STAR_DOMAINS
 
-        domain = STAR_DOMAINS.get(label)
-        if domain is None:
-            return
-        bad = domain.outside(values)
+        values: FloatArray = pd.to_numeric(self.df[label].iloc[rows], errors="coerce").to_numpy(
+            dtype=np.float64
+        )
+        row_of = np.arange(len(self.df))[rows]
+        bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
-            r = int(bad[0])
-            raise self.bad(label, r, domain.problem(float(values[r])) or "is out of range")
+            raise self.bad(label, int(row_of[bad[0]]), "is not a finite number")
+        domain = STAR_DOMAINS.get(label)
+        out = np.zeros(0, np.intp) if domain is None else domain.outside(values)
+        if domain is not None and out.size:
+            r = int(out[0])
+            problem = domain.problem(float(values[r])) or "is out of range"
+            raise self.bad(label, int(row_of[r]), problem)
+        return values
 
     def ints(self, label: str, default: int | None = None) -> IntArray:
         """A column of whole numbers as int64, shape (rows,) (``default`` as in ``floats``)."""
@@ -442,20 +454,7 @@ class Table:
             if default is None:
                 raise self.missing(label)
             return float(default)
-        v = self.df[label].iloc[row]
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise self.bad(label, row, "is not a number") from None
-        if not np.isfinite(f):
-            raise self.bad(label, row, "is not a finite number")
-        from .labels import STAR_DOMAINS
-
-        domain = STAR_DOMAINS.get(label)
-        problem = None if domain is None else domain.problem(f)
-        if problem:
-            raise self.bad(label, row, problem)
-        return f
+        return float(self._checked(label, slice(row, row + 1))[0])
 
     def string_at(self, label: str, row: int, default: str | None = None) -> str:
         if label not in self.df.columns:
@@ -493,9 +492,15 @@ def format_vector(v: Iterable[float]) -> str:
     return "[" + ",".join(repr(float(x)) for x in v) + "]"
 
 
-def write_star(blocks: Mapping[str, pd.DataFrame | Mapping[str, Any]], path: StrPath) -> None:
-    """Write blocks in the given order (dicts become list-style blocks), atomically."""
+def write_star(
+    blocks: Mapping[str, pd.DataFrame | Mapping[str, Any]], path: StrPath, atomic: bool = True
+) -> None:
+    """Write blocks in the given order (dicts become list-style blocks), through a
+    temporary name unless ``atomic`` is False (``path`` is one already)."""
     from .atomic import atomic_path
 
+    if not atomic:
+        starfile.write(blocks, path, float_format="%.6f")
+        return
     with atomic_path(path) as tmp:
-        starfile.write(blocks, tmp, float_format="%.6f")
+        write_star(blocks, tmp, atomic=False)

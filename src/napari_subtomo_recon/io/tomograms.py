@@ -71,6 +71,7 @@ class TiltSeries:
     frames: list[Frame]  # (file, 0-based index or None) per frame
     optics_group_name: str | None = None
     global_row: int = 0
+    star_file: str = ""  # the star file of its per-tilt table, as a path to open
 
     @property
     def frame_count(self) -> int:
@@ -166,7 +167,7 @@ def _r5_tilt_tables(glob: Table, names: list[str], path: str, root: str | None) 
             raise InputError(
                 f"{fn}: no rows in block data_{name} (the tilt series named in {path} row {r + 1})"
             )
-        t = Table(tb[name], fn, name)
+        t = Table(tb[name], at(root, fn), name)
         if "rlnMicrographPreExposure" not in t:
             raise t.missing("rlnMicrographPreExposure")
         tables.append(t)
@@ -233,21 +234,17 @@ def _load_tilt_series(
         frames=frames,
         optics_group_name=optics.group_name,
         global_row=r,
+        star_file=m.path,
     )
 
 
 def _tomogram_size(glob: Table, r: int) -> tuple[int, int, int]:
-    """(w0, h0, d0) of global row ``r``, in unbinned tilt-series pixels (all positive)."""
-    for label in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"):
-        if label not in glob:
-            raise glob.missing(label)
+    """(w0, h0, d0) of global row ``r``, in unbinned tilt-series pixels (each >= 1: the
+    labels' domains)."""
     x, y, z = (
-        int(round(glob.float_at(lb, r))) for lb in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")
+        round(glob.float_at(lb, r)) for lb in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")
     )
-    size = (x, y, z)
-    if min(size) <= 0:
-        raise InputError(f"{glob.where('rlnTomoSizeX', r)}: tomogram size {size} must be positive")
-    return size
+    return (x, y, z)
 
 
 @dataclass(frozen=True)
@@ -265,27 +262,13 @@ class _GlobalOptics:
 
 
 def _global_optics(glob: Table, r: int) -> _GlobalOptics:
-    hand = glob.float_at("rlnTomoHand", r)
-    if "rlnTomoTiltSeriesPixelSize" not in glob:
-        raise glob.missing("rlnTomoTiltSeriesPixelSize")
-    px = glob.float_at("rlnTomoTiltSeriesPixelSize", r)
-    if px < 0.001:
-        raise InputError(
-            f"{glob.where('rlnTomoTiltSeriesPixelSize', r)}: pixel size {px} must be positive"
-        )
-    voltage = glob.float_at("rlnVoltage", r)
-    cs = glob.float_at("rlnSphericalAberration", r)
-    q0 = glob.float_at("rlnAmplitudeContrast", r)
-    if not 0.0 <= q0 <= 1.0:
-        raise InputError(f"{glob.where('rlnAmplitudeContrast', r)}: {q0} is not in [0, 1]")
-    if voltage <= 0:
-        raise InputError(f"{glob.where('rlnVoltage', r)}: {voltage} kV must be positive")
+    # (each value checked against its label's domain by float_at: io/labels.py)
     return _GlobalOptics(
-        hand=hand,
-        pixel_size=px,
-        voltage=voltage,
-        cs=cs,
-        q0=q0,
+        hand=glob.float_at("rlnTomoHand", r),
+        pixel_size=glob.float_at("rlnTomoTiltSeriesPixelSize", r),
+        voltage=glob.float_at("rlnVoltage", r),
+        cs=glob.float_at("rlnSphericalAberration", r),
+        q0=glob.float_at("rlnAmplitudeContrast", r),
         bfactor_per_dose=glob.float_at("rlnCtfBfactorPerElectronDose", r, 0.0),
         defocus_slope=glob.float_at("rlnTomoDefocusSlope", r, 1.0),
         group_name=glob.string_at("rlnOpticsGroupName", r, "") or None,
@@ -316,9 +299,7 @@ def _stack_frames(
         stack = at(root, stack)
     except InputError as e:
         raise InputError(f"{glob.where('rlnTomoTiltSeriesName', r)}: {e}") from None
-    fc = int(round(glob.float_at("rlnTomoFrameCount", r)))
-    if fc < 1:
-        raise InputError(f"{glob.where('rlnTomoFrameCount', r)}: {fc} frames (at least 1)")
+    fc = round(glob.float_at("rlnTomoFrameCount", r))  # >= 1: the label's domain
     if fc > len(m):
         raise InputError(
             f"{glob.where('rlnTomoFrameCount', r)}: {fc} frames, but {m.path} data_{name} "

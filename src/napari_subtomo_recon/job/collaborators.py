@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .. import events as ev
-from ..errors import Cancelled, EnvironmentFault, InputError
+from ..errors import Cancelled, EnvironmentFault, InputError, failure_kind
 
 
 class Comm(Protocol):
@@ -52,16 +52,17 @@ class MpiComm:
         self.size = int(comm.Get_size())
 
     def agree(self, err: BaseException | None) -> None:
-        kind = None if err is None else type(err).__name__
-        msgs = self.comm.allgather(None if err is None else (kind, str(err)))
-        cancels = [m[1] for m in msgs if m is not None and m[0] == "Cancelled"]
+        msgs = self.comm.allgather(
+            None if err is None else (failure_kind(err), str(err) or repr(err))
+        )
+        cancels = [m[1] for m in msgs if m is not None and m[0] == "cancelled"]
         if cancels:  # a cancel anywhere cancels everywhere
             raise Cancelled(cancels[0]) from err
         for r, m in enumerate(msgs):
             if m is not None:
-                # every rank stops with the first failing rank's message, and its kind:
-                # a full disk stays an environment fault (exit 4), not bad input
-                cls = EnvironmentFault if m[0] == "EnvironmentFault" else InputError
+                # every rank stops with the first failing rank's message, and its kind
+                # (so its exit code): a full disk stays exit 4, a defect exit 2
+                cls = {"environment": EnvironmentFault, "input": InputError}.get(m[0], RuntimeError)
                 raise cls(f"MPI rank {r}: {m[1]}") from err
 
     def reduce(self, data: np.ndarray, weight: np.ndarray) -> None:

@@ -121,3 +121,34 @@ def _check_trajectories(
                 f"'{parts.names[i]}') has {traj[i].shape[0]} rows, tomogram "
                 f"'{ts.name}' has {ts.frame_count} frames"
             )
+
+
+def input_files(
+    params: ReconstructParams, inp: Inputs, root: str | None, result_only: bool = False
+) -> dict[str, str]:
+    """Every file the job reads or its optimisation set names, as paths to open (relative
+    paths joined with the project folder ``root``), each once, with a description for
+    messages.  ``result_only``: those the maps depend on (star files, tilt images,
+    a symmetry file), for the checkpoint fingerprint."""
+    import os
+
+    from ..io.star import at
+
+    opt = inp.optimisation_set
+    named = {
+        "particle set": opt.particles, "tomogram set": opt.tomograms,
+        "trajectory set": opt.trajectories,
+    }  # fmt: skip
+    if not result_only:
+        named |= {
+            "reference map": opt.reference1, "reference map (half 2)": opt.reference2,
+            "reference mask": opt.mask, "optimisation set": params.optimisation_set,
+        }  # fmt: skip
+    out = {at(root, f): f"the {what} {f}" for what, f in named.items() if f}
+    if os.path.isfile(at(root, params.symmetry)):
+        out.setdefault(at(root, params.symmetry), f"the symmetry file {params.symmetry}")
+    for ts in inp.tomograms.tomograms:
+        out.setdefault(ts.star_file, f"the tilt-series file {ts.star_file}")
+        for path, _ in ts.frames:  # (already joined with root by the reader)
+            out.setdefault(path, f"the tilt images {path}")
+    return out

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EnvironmentFault, InputError
+from ..errors import InputError
 from ..io.atomic import fault, remove_quietly
+from ..io.checkpoint import has_checkpoints
 from ..params import ReconstructParams
-from .inputs import Inputs
+from .inputs import Inputs, input_files
 
 
 def check_output_dir(out_dir: Path) -> None:
@@ -58,27 +59,9 @@ def output_names(params: ReconstructParams, half_sets: bool) -> list[str]:
 
 
 def input_paths(params: ReconstructParams, inp: Inputs, root: str | None) -> dict[Path, str]:
-    """Every file the job reads (or that its optimisation set names), resolved, with a
-    description for messages."""
-    from ..io.star import at
-
-    opt = inp.optimisation_set
-    named = {
-        "particle set": opt.particles, "tomogram set": opt.tomograms,
-        "trajectory set": opt.trajectories, "reference map": opt.reference1,
-        "reference map (half 2)": opt.reference2, "reference mask": opt.mask,
-        "optimisation set": params.optimisation_set,
-    }  # fmt: skip
-    out = {Path(at(root, f)).resolve(): f"the {what} {f}" for what, f in named.items() if f}
-    sym = Path(at(root, params.symmetry))
-    if sym.is_file():
-        out.setdefault(sym.resolve(), f"the symmetry file {params.symmetry}")
-    for ts in inp.tomograms.tomograms:
-        star = ts.source.rsplit(" data_", 1)[0]
-        out.setdefault(Path(at(root, star)).resolve(), f"the tilt-series file {star}")
-        for path, _ in ts.frames:
-            out.setdefault(Path(path).resolve(), f"the tilt images {path}")
-    return out
+    """Every input file (:func:`~.inputs.input_files`), resolved, for :func:`check_outputs`."""
+    files = input_files(params, inp, root)
+    return {Path(f).resolve(): what for f, what in files.items()}
 
 
 def check_outputs(out_dir: Path, names: list[str], inputs: dict[Path, str]) -> None:
@@ -101,7 +84,7 @@ def check_outputs(out_dir: Path, names: list[str], inputs: dict[Path, str]) -> N
 
 def finished(out_dir: Path, names: list[str]) -> bool:
     """Every output is there and no checkpoint waits: a finished job."""
-    if (out_dir / "temp").is_dir() and any((out_dir / "temp").glob("checkpoint_rank*.json")):
+    if has_checkpoints(out_dir):
         return False
     return all((out_dir / n).is_file() for n in names if n != "note.txt")
 
@@ -138,8 +121,6 @@ def write_outputs(
             writer(tmp)
         except OSError as e:
             raise fault(final, e) from None
-        except EnvironmentFault as e:  # named after the temporary file: name the output
-            raise EnvironmentFault(f"{final}: cannot write ({e.cause})", e.cause) from None
         files[name] = final
 
     try:
@@ -162,7 +143,7 @@ def write_outputs(
             ref.reference1 = str(written / "merged.mrc")
         stage(
             "optimisation_set", out_dir / "optimisation_set.star",
-            lambda t: write_star(optimisation_set_blocks(ref), t),
+            lambda t: write_star(optimisation_set_blocks(ref), t, atomic=False),
         )  # fmt: skip
         if not params.pipeline_control:  # RELION's pipeliner (or the widget) writes it then
             text = program_note_text(command or "")
@@ -226,7 +207,7 @@ def _keep_previous(final: Path) -> Path | None:
 def _map_writer(data: np.ndarray, voxel_size: float) -> Callable[[Path], object]:
     from ..io.mrc import write_map
 
-    return lambda path: write_map(path, data, voxel_size)
+    return lambda path: write_map(path, data, voxel_size, atomic=False)
 
 
 def _block_signals() -> set[int | signal.Signals] | None:

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..io.atomic import fault, write_text_atomic
+from ..io.checkpoint import has_checkpoints
 from ..io.jobstar import JOB_TYPE_LABEL, JobStar, read_job_star, write_job_star
 from ..params import (
     ReconstructParams,
@@ -50,6 +51,7 @@ __all__ = [
     "JobCommand",
     "build_command",
     "can_continue",
+    "has_checkpoints",
     "check",
     "job_star_options",
     "mark_status",
@@ -462,14 +464,6 @@ def start(
         append_note(job_dir, commands)
     except OSError as e:  # a full disk or a missing permission: the machine's, in one line
         raise fault(e.filename or job_dir, e) from None
-
-
-def has_checkpoints(job_dir: str | os.PathLike[str]) -> bool:
-    """Per-tomogram checkpoints of an unfinished run (``<job>/temp/``)."""
-    try:
-        return any((Path(job_dir) / "temp").glob("checkpoint_rank*.json"))
-    except OSError:
-        return False
 
 
 def can_continue(job_dir: str | os.PathLike[str]) -> bool:

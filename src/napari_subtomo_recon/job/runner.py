@@ -35,7 +35,7 @@ from .collaborators import (
     comm_of,
 )
 from .finalise import finalise, finalise_steps
-from .inputs import Inputs, load_inputs
+from .inputs import Inputs, input_files, load_inputs
 from .lock import JobLock
 from .outputs import (
     check_maps,
@@ -246,7 +246,7 @@ class Job:
         yield self._progress(ev.Stage.WRITING, plan, message=f"writing maps to {self.out_dir}")
         self.faults("write")
         files = write_outputs(maps, self.params, inp, self.out_dir, plan.voxel_size, self.command)
-        if self.preview is not None:
+        if self.preview is not None:  # (before temp/ is removed, which must be empty)
             self.preview.remove()
         clear_checkpoints(self.out_dir / "temp")
         return files
@@ -326,14 +326,9 @@ def fingerprint(
     size and time) and the rank layout."""
     import os
 
-    opt = inp.optimisation_set
-    names = [n for n in (opt.particles, opt.tomograms, opt.trajectories) if n]
-    for ts in inp.tomograms.tomograms:
-        names.append(ts.source.rsplit(" data_", 1)[0])
-        names += [path for path, _ in ts.frames]
     files = {}
-    for name in dict.fromkeys(names):  # in order, once each
-        st = os.stat(at(root, name))
+    for name in input_files(params, inp, root, result_only=True):
+        st = os.stat(name)
         files[name] = [st.st_size, st.st_mtime_ns]
     return {"params": params.fingerprint(), "files": files, "rank": rank, "size": size}
 
