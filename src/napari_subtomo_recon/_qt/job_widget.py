@@ -42,7 +42,7 @@ from ..job.launch import Child, Outcome, job_argv, program_tokens
 from ..params import ReconstructParams
 from .form import ParamsForm, relative_to
 from .fsc_plot import FscPlot
-from .layers import STEP_MS, one_per_turn, place_map, prepare_map, remove_layers, show_map
+from .layers import one_per_turn, prepare_map, remove_layers, show_map
 from .runner import (
     MORE_MAPS,
     SHOWN_MAPS,
@@ -116,6 +116,7 @@ class ReconstructParticleWidget(QWidget):
         self.last_outcome: Outcome | None = None
         self._output_auto = True  # output_dir follows the next free job number
         self._running_job: Path | None = None
+        self._preview_box = 0  # the merged map's box in voxels, for its preview layer
         self._pending: Child | None = None  # a run waiting for the kernel warm-up
 
         self.form = ParamsForm(base_dir=lambda: str(self.project()))
@@ -500,7 +501,7 @@ class ReconstructParticleWidget(QWidget):
             job_argv(cmd), str(project), env=env, log_dir=job_dir, status_dir=job_dir,
             nice=JOB_NICE,
         )  # fmt: skip
-        self._later(STEP_MS, lambda: self._prepare_preview(p, job_dir))  # a turn later
+        self._preview_box = p.crop_size if 0 < p.crop_size < p.box_size else p.box_size
         if self.warmup.running:
             self._pending = child
             self.status.setText(f"{job_dir.name}: waits for the kernels to be ready…")
@@ -551,7 +552,7 @@ class ReconstructParticleWidget(QWidget):
         if not isinstance(e, ev.Progress):
             return
         if e.voxel_size > 0 and self._running_job is not None:
-            place_map(self.viewer, self.layer_name("merged"), e.voxel_size)
+            self._prepare_preview(self._running_job, e.voxel_size)
         if e.total > 0:
             self.progress_bar.setRange(0, e.total)
             self.progress_bar.setValue(min(e.done, e.total))
@@ -566,14 +567,13 @@ class ReconstructParticleWidget(QWidget):
             text = e.message or e.stage.value
         self.status.setText(text)
 
-    def _prepare_preview(self, p: ReconstructParams, job: Path) -> None:
-        """The merged map's layer, made (hidden, empty) when the job starts, so that the
-        first preview only fills it."""
-        n = p.crop_size if 0 < p.crop_size < p.box_size else p.box_size
-        if n > 0 and self.live_preview.isChecked() and self._running_job == job:
-            prepare_map(self.viewer, self.layer_name("merged", job), (n, n, n))
-            layer = self.viewer.layers[self.layer_name("merged", job)]
-            layer.metadata["subtomo_recon"] = {"job": str(job), "map": "merged"}
+    def _prepare_preview(self, job: Path, voxel_size: float) -> None:
+        """The merged map's layer, made (hidden, empty) once the job knows its voxel size,
+        a little before its first preview, so that the preview only fills it."""
+        name, n = self.layer_name("merged", job), self._preview_box
+        if n > 0 and self.live_preview.isChecked() and name not in self.viewer.layers:
+            prepare_map(self.viewer, name, (n, n, n), voxel_size)
+            self.viewer.layers[name].metadata["subtomo_recon"] = {"job": str(job), "map": "merged"}
 
     def _on_finished(self, outcome: Outcome) -> None:
         self.last_outcome = outcome

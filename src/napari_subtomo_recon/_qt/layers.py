@@ -18,7 +18,6 @@ from ..display import map_layer_kwargs
 
 STEP_MS = 150  # between steps: napari draws (0.1-0.3 s with software OpenGL) in between
 _AUTO = "subtomo_recon_auto"  # metadata: the display levels last set automatically
-_PENDING = "subtomo_recon_pending"  # metadata: prepared ahead, the box it will hold
 MAP_KEYS = ("subtomo_recon", "subtomo_recon_sample")  # layer metadata of this plugin's maps
 
 
@@ -38,8 +37,6 @@ def show_map(
     layers = viewer.layers
     if name in layers:
         layer = layers[name]
-        if layer.metadata.pop(_PENDING, None) is not None and visible:  # filled unplaced
-            QTimer.singleShot(STEP_MS, lambda: _reveal(viewer, layer))
         previous = layer.metadata.get(_AUTO)
         user_iso = previous is not None and layer.iso_threshold != previous[0]
         user_contrast = previous is not None and tuple(layer.contrast_limits) != tuple(previous[1:])
@@ -74,24 +71,19 @@ def show_map(
     return layer
 
 
-def prepare_map(viewer: Any, name: str, shape: tuple[int, ...]) -> None:
-    """Make a map's layer ahead, hidden, while nothing else happens: creating a 3D layer
-    and its first draw (napari builds its shader then) each cost a few tenths of a second
-    with software OpenGL.  It holds a 2x2x2 empty volume, which draws in no time;
-    :func:`place_map` gives it the map's box and shows it, :func:`show_map` fills it."""
+def prepare_map(viewer: Any, name: str, shape: tuple[int, ...], voxel_size: float) -> None:
+    """Make a map's layer ahead of its data, spanning its box, and show it a turn later.
+
+    Creating a 3D layer costs napari 0.2-0.3 s of its GUI thread and the redraw that
+    follows a visible 3D map another 0.2-0.4 s with software OpenGL, in the same pause of
+    the event loop.  So this plugin's other maps are hidden first (:func:`_reveal` would
+    hide them a turn later anyway) and the new layer holds a 2x2x2 empty volume, whose
+    redraw costs nothing; :func:`show_map` then fills it."""
     if name in viewer.layers:
         return
+    _hide_other_maps(viewer, None)
     tiny = np.zeros((2,) * len(shape), np.float32)
     layer = show_map(viewer, name, tiny, 1.0, (0.5, 0.0, 1.0), visible=False)
-    layer.metadata[_PENDING] = tuple(shape)
-
-
-def place_map(viewer: Any, name: str, voxel_size: float) -> None:
-    """The prepared layer, now that the voxel size is known: spanning its box, shown."""
-    layer = viewer.layers[name] if name in viewer.layers else None
-    if layer is None or _PENDING not in layer.metadata:
-        return
-    shape = layer.metadata.pop(_PENDING)
     # two voxels of n/2 each, centred on the origin: the extent napari fits the view to
     # is the map's
     layer.scale = tuple(voxel_size * n / 2 for n in shape)
@@ -99,14 +91,18 @@ def place_map(viewer: Any, name: str, voxel_size: float) -> None:
     QTimer.singleShot(STEP_MS, lambda: _reveal(viewer, layer))
 
 
+def _hide_other_maps(viewer: Any, layer: Any) -> None:
+    for other in viewer.layers:
+        if other is not layer and other.visible and any(k in other.metadata for k in MAP_KEYS):
+            other.visible = False
+
+
 def _reveal(viewer: Any, layer: Any) -> None:
     """Show a new map; this plugin's other maps are hidden (ticked back in the layer list),
     since with software OpenGL every visible 3D map adds to each redraw."""
     if layer not in viewer.layers:
         return
-    for other in viewer.layers:
-        if other is not layer and other.visible and any(k in other.metadata for k in MAP_KEYS):
-            other.visible = False
+    _hide_other_maps(viewer, layer)
     layer.visible = True
     if viewer.dims.ndisplay != 3:  # a new map is looked at in 3D
         viewer.dims.ndisplay = 3
