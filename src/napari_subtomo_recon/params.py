@@ -300,6 +300,24 @@ class ReconstructParams:
         flag="--prebin", tab="Average", advanced=True, checkpoint=True, relion=False,
         kind="choice", domain=Domain(choices=("auto", "always", "never")), metavar="MODE",
     ))  # fmt: skip
+    use_visible_frames: bool = option(False, Spec(
+        "Use rlnTomoVisibleFrames?",
+        "Leave out the tilts that Extract excluded for a particle (rlnTomoVisibleFrames, "
+        "written by --max_dose or --min_frames). RELION 5.0.1 ignores them and reconstructs "
+        "from every tilt in which the particle lies inside the image (3dem/relion PR "
+        "#1344); the default keeps RELION's maps (--use_visible_frames).",
+        flag="--use_visible_frames", tab="Average", advanced=True, checkpoint=True,
+        relion=False,
+    ))  # fmt: skip
+    unbinned_visibility: bool = option(False, Spec(
+        "Visibility from the whole window?",
+        "Use a tilt only if the whole binning·box window cut from it lies inside the "
+        "image. RELION 5.0.1 tests only the binned half box, so at binning > 1 it also uses "
+        "tilts whose window sticks out of the image, filled with repeated edge pixels "
+        "(3dem/relion PR #1305); the default keeps RELION's maps (--unbinned_visibility).",
+        flag="--unbinned_visibility", tab="Average", advanced=True, checkpoint=True,
+        relion=False,
+    ))  # fmt: skip
     ignore_unknown_tomograms: bool = option(False, Spec(
         "Ignore particles of unknown tomograms?",
         "Drop particles whose rlnTomoName is not in the tomogram set (with a warning), as "

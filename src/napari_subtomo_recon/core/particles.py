@@ -58,6 +58,7 @@ def particle_geometry(
     sub_angles: Float64Array | None,
     box: int,
     trajectories: Float64Array | None = None,
+    margin: float | None = None,
 ) -> ParticleGeometry:
     """Geometry of n particles in one tilt series with projections ``P`` (fc, 4, 4).
 
@@ -66,7 +67,7 @@ def particle_geometry(
     ``sub_angles`` (n, 3) Euler angles in degrees or None; ``trajectories``
     (n, fc, 3) are per-frame shifts in Å, added after conversion with the tilt
     series' pixel size.  Visibility uses the binned half box ``box/2`` as a margin
-    in unbinned pixels, as RELION does.
+    in unbinned pixels, as RELION does, unless ``margin`` (unbinned pixels) is given.
     """
     n = coords.shape[0]
     px_p = np.asarray(particle_pixel_size, dtype=np.float64)
@@ -85,7 +86,7 @@ def particle_geometry(
     return ParticleGeometry(
         pos=pos,
         centres2d=c2,
-        visible=visible(c2, image_size, box / 2.0),
+        visible=visible(c2, image_size, box / 2.0 if margin is None else margin),
         rotation=np.ascontiguousarray(a_sub @ a_part),
         depth=depth_offsets(P, pos, tomo_centre),
     )

@@ -16,3 +16,6 @@ FloatArray: TypeAlias = NDArray[np.float64]
 
 #: int64 arrays (optics groups, half sets).
 IntArray: TypeAlias = NDArray[np.int64]
+
+#: bool arrays (frame masks).
+BoolArray: TypeAlias = NDArray[np.bool_]

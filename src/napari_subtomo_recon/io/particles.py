@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ._typing import FloatArray, IntArray
+from ._typing import BoolArray, FloatArray, IntArray
 from .star import Table, at, read_star
 from .tomograms import TomogramSet
 
@@ -66,6 +66,7 @@ class ParticleSet:
     optics: Optics
     table: pd.DataFrame  # the particle table as read (for writing derived files)
     general: pd.DataFrame | None = None
+    rows: Table | None = None  # the same table, for messages that quote a row as written
 
     def __len__(self) -> int:
         return len(self.tomo_names)
@@ -120,7 +121,30 @@ def read_particle_set(
         optics=optics,
         table=t.df,
         general=general,
+        rows=t,
     )
+
+
+VISIBLE_FRAMES = "rlnTomoVisibleFrames"
+
+
+def visible_frames(ps: ParticleSet, i: int, frame_count: int) -> BoolArray | None:
+    """Particle ``i``'s ``rlnTomoVisibleFrames`` (Extract's frame selection, e.g. by
+    ``--max_dose``) as a (frame_count,) bool mask indexed by frame; None without the column.
+    RELION 5's reconstruction ignores it (3dem/relion PR #1344): used only on request."""
+    t = ps.rows
+    if t is None or VISIBLE_FRAMES not in t:
+        return None
+    text = t.string_at(VISIBLE_FRAMES, i).strip()
+    words = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    flags = words.replace(",", " ").split()
+    if len(flags) != frame_count or any(f not in ("0", "1") for f in flags):
+        raise t.bad(
+            VISIBLE_FRAMES, i,
+            f"is not a list of {frame_count} flags 0 or 1, one per frame of tomogram "
+            f"'{ps.tomo_names[i]}'",
+        )  # fmt: skip
+    return np.array([f == "1" for f in flags], dtype=bool)
 
 
 def _general_block(blocks: dict[str, pd.DataFrame], path: str) -> pd.DataFrame | None:

@@ -38,6 +38,11 @@ def load_inputs(params: ReconstructParams, root: str | None = None) -> Inputs:
         traj = read_trajectories(opt.trajectories, parts, root) if opt.trajectories else None
     notes += [str(w.message) for w in caught]
     by_tomo = _group_by_tomogram(params, opt, tomos, parts, notes)
+    if params.use_visible_frames and "rlnTomoVisibleFrames" not in parts.table.columns:
+        notes.append(
+            f"--use_visible_frames: the particles in {opt.particles} have no "
+            "rlnTomoVisibleFrames; every tilt the particle lies inside is used, as RELION does"
+        )
     if not parts.has_half_sets:
         notes.append(
             f"the particles in {opt.particles} have no rlnRandomSubset: joining all particles "

@@ -80,9 +80,24 @@ def plan_work(params: ReconstructParams, inp: Inputs) -> list[TomoPlan]:
             None if parts.sub_angles is None else parts.sub_angles[idx],
             int(params.box_size),
             trajs,
+            # PR #1305: the window actually cut out is binning·box unbinned pixels wide
+            settings_of(params).window / 2.0 if params.unbinned_visibility else None,
         )
+        if params.use_visible_frames:
+            _apply_visible_frames(parts, idx, geo.visible)
         plans.append(TomoPlan(k, ts, P, idx, geo))
     return plans
+
+
+def _apply_visible_frames(parts: Any, idx: Any, visible: Any) -> None:
+    """PR #1344: a tilt is used only where geometry and Extract's rlnTomoVisibleFrames agree.
+    ``visible`` (n, fc) is narrowed in place; particles without the column keep geometry's."""
+    from ..io.particles import visible_frames
+
+    for row, i in enumerate(idx):
+        mask = visible_frames(parts, int(i), visible.shape[1])
+        if mask is not None:
+            visible[row] &= mask
 
 
 def split_plans(plans: list[TomoPlan], rank: int, size: int) -> list[TomoPlan]:
