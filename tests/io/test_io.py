@@ -95,6 +95,20 @@ def test_r4_matrices_win_over_r5_angles(tmp_path, monkeypatch):
     assert np.allclose(P[3, :3, :3], np.eye(3)) and P[3, 0, 3] == 3.0
 
 
+def test_missing_tomogram_sizes_are_relions_minus_999(monkeypatch):
+    """RELION 5 (loadTomogram): no rlnTomoSize* -> w0 = h0 = d0 = -999, centre -499.5, and
+    setProjectionMatrix's C++ int(-999/2) = -499 (truncation, not Python's floor -500)."""
+    from napari_subtomo_recon.core.geometry import projection_matrix_r5
+
+    monkeypatch.chdir(INPUTS / "corners")
+    with pytest.warns(UserWarning, match="no rlnTomoSizeX, rlnTomoSizeY, rlnTomoSizeZ"):
+        ts = read_tomogram_set("tomograms_nosize.star").tomograms[0]
+    assert ts.size == (-999, -999, -999)
+    np.testing.assert_array_equal(ts.centre, [-499.5, -499.5, -499.5])
+    P = projection_matrix_r5(0, 0, 0, 0, 0, ts.size, (128, 128))
+    np.testing.assert_array_equal(P[0, :3, 3], [499 + 64, 499 + 64, 499])
+
+
 def test_projection_of_a_known_particle(monkeypatch):
     """R5 angles -> P (spec §2.1): the tomogram centre lands on the image centre plus the shift."""
     monkeypatch.chdir(INPUTS / "r5")

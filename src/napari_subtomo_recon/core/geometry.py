@@ -94,7 +94,8 @@ def projection_matrix_r5(
     Angles (deg) and shifts (px) are (fc,) or scalars; ``tomo_size`` (w0, h0, d0) and
     ``image_size`` (W, H) in unbinned pixels.
 
-    P = T(shift + floor(image/2)) · Rz(zrot) · Ry(ytilt) · Rx(xtilt) · T(-floor(tomo/2)).
+    P = T(shift + floor(image/2)) · Rz(zrot) · Ry(ytilt) · Rx(xtilt) · T(-int(tomo/2))
+    (int(): C truncation, as RELION's ``(double)int(w0/2)``).
     """
     xtilt, ytilt, zrot, xshift_px, yshift_px = np.broadcast_arrays(
         *(
@@ -104,9 +105,8 @@ def projection_matrix_r5(
     )
     n = xtilt.shape[0]
     M = rot_z(zrot) @ rot_y(ytilt) @ rot_x(xtilt)
-    c_int = np.array(
-        [int(tomo_size[0]) // 2, int(tomo_size[1]) // 2, int(tomo_size[2]) // 2], float
-    )
+    # C++ int(w0/2) truncates towards zero: -499 for RELION's missing size -999
+    c_int = np.array([_c_half(int(v)) for v in tomo_size[:3]], float)
     i_int = np.array([int(image_size[0]) // 2, int(image_size[1]) // 2, 0], float)
     shift = np.stack([xshift_px, yshift_px, np.zeros(n)], -1)
     P = np.zeros((n, 4, 4))
@@ -114,6 +114,11 @@ def projection_matrix_r5(
     P[:, :3, 3] = -(M @ c_int) + shift + i_int
     P[:, 3, 3] = 1.0
     return P
+
+
+def _c_half(n: int) -> int:
+    """C/C++ integer n/2 (truncated towards zero, unlike Python's n // 2 for n < 0)."""
+    return n // 2 if n >= 0 else -((-n) // 2)
 
 
 def project(P: Float64Array, points: Float64Array) -> Float64Array:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -67,8 +66,60 @@ class _Layout:
     """Where the pixels of an MRC file are: enough to read one image without the rest."""
 
     offset: int  # bytes before the first pixel (header and extended header)
-    dtype: np.dtype[Any]  # pixel type as stored (byte order included)
+    dtype: np.dtype[Any]  # pixel type as stored (byte order included); uint8 for mode 101
     shape: tuple[int, int, int]  # (n_images, ny, nx)
+    packed4: bool = False  # mode 101: two 4-bit pixels per byte
+
+    @property
+    def image_bytes(self) -> int:
+        _, ny, nx = self.shape
+        return ny * nx // 2 if self.packed4 else ny * nx * self.dtype.itemsize
+
+
+#: MRC mode 101 (SerialEM's 4-bit extension), which mrcfile does not read.
+MODE_4BIT = 101
+
+
+def _mode_101_layout(path: str, p: Path) -> _Layout | None:
+    """The layout of a mode-101 file, or None for any other mode (left to mrcfile).
+
+    As RELION's ``rwMRC.h`` / ``image.h`` (``UHalf``): pixels are unsigned 0..15, two per
+    byte, the low nibble first, with no padding at the end of rows; RELION refuses a
+    mode-101 file whose nx and ny are both odd.
+    """
+    with p.open("rb") as fh:
+        head = fh.read(1024)
+    if len(head) < 1024:
+        return None
+    le = np.frombuffer(head, dtype="<i4", count=24)
+    order = "<" if le[3] == MODE_4BIT else ">" if le[3].byteswap() == MODE_4BIT else None
+    if order is None:
+        return None
+    h = np.frombuffer(head, dtype=f"{order}i4", count=24)
+    nx, ny, nz, nsymbt = (int(v) for v in (h[0], h[1], h[2], h[23]))
+    if min(nx, ny, nz) < 1 or nsymbt < 0:
+        raise InputError(f"{path}: not a readable MRC file (mode 101 with size {nx}x{ny}x{nz})")
+    if nx % 2 and ny % 2:
+        raise InputError(
+            f"{path}: MRC mode 101 (4-bit) image of odd size {nx}x{ny}: RELION reads 4-bit "
+            "images only when nx * ny is even"
+        )
+    if nx % 2:
+        warnings.warn(
+            f"{path}: 4-bit (mode 101) images of odd width {nx}: read as RELION does, "
+            "without row padding (IMOD pads each row to whole bytes)",
+            stacklevel=4,
+        )
+    return _Layout(1024 + nsymbt, np.dtype(np.uint8), (nz, ny, nx), packed4=True)
+
+
+def unpack_4bit(packed: NDArray[np.uint8], ny: int, nx: int) -> NDArray[np.float32]:
+    """One mode-101 image (ny*nx/2 bytes) as float32 (ny, nx): pixel 2i is the low
+    nibble of byte i, pixel 2i+1 its high nibble (RELION's ``castPage2T``, ``UHalf``)."""
+    out = np.empty(2 * packed.size, dtype=np.uint8)
+    np.bitwise_and(packed, 15, out=out[0::2])
+    np.right_shift(packed, 4, out=out[1::2])
+    return out.reshape(ny, nx).astype(np.float32)
 
 
 def _layout(path: str, what: str) -> _Layout:
@@ -77,6 +128,12 @@ def _layout(path: str, what: str) -> _Layout:
         raise InputError(f"{path}: {what} not found")
     if not os.access(p, os.R_OK):
         raise InputError(f"{path}: {what} is not readable")
+    try:
+        lay4 = _mode_101_layout(path, p)
+    except OSError as exc:
+        raise InputError(f"{path}: {what} is not readable ({exc.strerror})") from None
+    if lay4 is not None:
+        return _check_size(path, p, lay4)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -92,12 +149,16 @@ def _layout(path: str, what: str) -> _Layout:
         shape = (1, *shape)
     if len(shape) != 3 or min(shape) < 1:
         raise InputError(f"{path}: expected 2D images or a stack, found data of shape {shape}")
-    need = offset + math.prod(int(v) for v in shape) * dtype.itemsize  # no int64 overflow
+    n, ny, nx = (int(v) for v in shape)
+    return _check_size(path, p, _Layout(offset, dtype, (n, ny, nx)))
+
+
+def _check_size(path: str, p: Path, lay: _Layout) -> _Layout:
+    need = lay.offset + lay.shape[0] * lay.image_bytes  # Python ints: no overflow
     size = p.stat().st_size
     if size < need:
         raise InputError(f"{path}: not a readable MRC file (truncated: {size} of {need} bytes)")
-    n, ny, nx = (int(v) for v in shape)
-    return _Layout(offset, dtype, (n, ny, nx))
+    return lay
 
 
 def image_shape(path: str, what: str = "image file") -> tuple[int, int, int]:
@@ -126,15 +187,18 @@ class FrameReader:
             raise InputError(
                 f"{path}: image {i + 1} requested but the file holds {n} image{'s' * (n > 1)}"
             )
-        return lay, i, lay.offset + i * ny * nx * lay.dtype.itemsize
+        return lay, i, lay.offset + i * lay.image_bytes
 
     def read(self, path: str, index: int | None, what: str = "tilt image") -> NDArray[np.float32]:
         """Image ``index`` (0-based; None: the file's only image) as float32 (ny, nx)."""
         lay, i, offset = self._frame(path, index, what)
         _, ny, nx = lay.shape
-        frame = np.fromfile(path, dtype=lay.dtype, count=ny * nx, offset=offset)
-        if frame.size != ny * nx:
+        count = ny * nx // 2 if lay.packed4 else ny * nx
+        frame = np.fromfile(path, dtype=lay.dtype, count=count, offset=offset)
+        if frame.size != count:
             raise InputError(f"{path}: image {i + 1} is truncated")
+        if lay.packed4:
+            return unpack_4bit(frame, ny, nx)
         return frame.reshape(ny, nx).astype(np.float32, copy=False)
 
     def first_non_finite(

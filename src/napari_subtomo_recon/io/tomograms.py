@@ -7,7 +7,9 @@ Conventions follow RELION 5 ``TomogramSet::read`` / ``loadTomogram``:
 * RELION 4: no ``rlnTomoTiltSeriesStarFile``; the per-tomogram blocks follow
   ``data_global`` in the same file, in the same order as the global rows.
 * ``rlnTomoProjX..W`` (RELION 4 matrices), when all four are present, take
-  precedence over the RELION 5 angles.
+  precedence over the RELION 5 angles (``has_old_matrix`` is tested first in
+  ``loadTomogram``), even when the two disagree.
+* Without all three ``rlnTomoSizeX/Y/Z`` the size is RELION's -999 (see ``_tomogram_size``).
 * Images: ``rlnTomoTiltSeriesName`` (global) names one stack whose slice f is frame f
   ("option A"); otherwise each row's ``rlnMicrographName`` is ``N@stack`` or a file.
 
@@ -35,6 +37,8 @@ Frame: TypeAlias = tuple[str, int | None]
 
 R5_ANGLE_LABELS = ("rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst", "rlnTomoYShiftAngst")
 R4_MATRIX_LABELS = ("rlnTomoProjX", "rlnTomoProjY", "rlnTomoProjZ", "rlnTomoProjW")
+#: RELION's tomogram size when data_global lacks any of rlnTomoSizeX/Y/Z.
+MISSING_SIZE = -999
 
 
 @dataclass
@@ -47,7 +51,7 @@ class TiltSeries:
 
     name: str
     source: str  # the star file (and block) it was read from, for messages
-    size: tuple[int, int, int]  # tomogram (w0, h0, d0) in unbinned tilt-series pixels
+    size: tuple[int, int, int]  # tomogram (w0, h0, d0), unbinned tilt-series px (or -999s)
     image_size: tuple[int, int]  # tilt image (W, H)
     pixel_size: float  # rlnTomoTiltSeriesPixelSize, Å
     hand: float
@@ -240,10 +244,24 @@ def _load_tilt_series(
 
 def _tomogram_size(glob: Table, r: int) -> tuple[int, int, int]:
     """(w0, h0, d0) of global row ``r``, in unbinned tilt-series pixels (each >= 1: the
-    labels' domains)."""
-    x, y, z = (
-        round(glob.float_at(lb, r)) for lb in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")
-    )
+    labels' domains).
+
+    Without all three ``rlnTomoSize*`` labels RELION 5 sets all three to -999
+    (``tomogram_set.cpp: loadTomogram``) and carries on: the centre is then -499.5 and
+    the projection's specimen centre int(-999/2) = -499, so the particles land 0.5 px
+    from where even sizes would put them.  We do the same (with a warning).
+    """
+    labels = ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")
+    if not glob.has_all(*labels):
+        if r == 0:
+            absent = ", ".join(lb for lb in labels if lb not in glob)
+            warnings.warn(
+                f"{glob.path}: data_global has no {absent}: using RELION's default size "
+                f"{MISSING_SIZE} for all three (the tomogram centre is then {MISSING_SIZE / 2})",
+                stacklevel=4,
+            )
+        return (MISSING_SIZE, MISSING_SIZE, MISSING_SIZE)
+    x, y, z = (round(glob.float_at(lb, r)) for lb in labels)
     return (x, y, z)
 
 
