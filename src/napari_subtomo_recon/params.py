@@ -318,6 +318,16 @@ class ReconstructParams:
         flag="--unbinned_visibility", tab="Average", advanced=True, checkpoint=True,
         relion=False,
     ))  # fmt: skip
+    fix_symmetry_wrap: bool = option(False, Spec(
+        "Fix the symmetry wrap-around?",
+        "RELION's Fourier-space symmetrisation reads the far edge of the volume where an "
+        "operator maps a frequency a rounding error below zero; for Oh the symmetrised "
+        "volume is then wrong at a few hundred frequencies and its kx = 0 plane is not "
+        "Hermitian. This reads such frequencies at zero; the default "
+        "keeps RELION's maps (--fix_symmetry_wrap).",
+        flag="--fix_symmetry_wrap", tab="Average", advanced=True, checkpoint=True,
+        relion=False,
+    ))  # fmt: skip
     ignore_unknown_tomograms: bool = option(False, Spec(
         "Ignore particles of unknown tomograms?",
         "Drop particles whose rlnTomoName is not in the tomogram set (with a warning), as "

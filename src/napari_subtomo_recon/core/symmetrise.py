@@ -20,9 +20,13 @@ __all__ = ["symmetrise_fourier"]
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _corners(xs: float, ys: float, zs: float, xdim: int, ydim: int, zdim: int,
+def _corners(xs: float, ys: float, zs: float, xdim: int, ydim: int, zdim: int, wrap: bool,
              ) -> tuple[int, int, int, int, int, int, float, float, float, bool]:  # fmt: skip
-    """Shared index logic of ``linearXYZ_FftwHalf_*`` (quirks included)."""
+    """Shared index logic of ``linearXYZ_FftwHalf_*`` (quirks included).
+
+    RELION's quirk that ``wrap`` corrects: a frequency a rounding error below 0 (an
+    operator entry of 3e-16 instead of 0) becomes ``ydim`` after the wrap and is clamped
+    to ``ydim - 1``, the far edge, instead of read at 0."""
     if xs > 0.0:
         xd, yd, zd = xs, ys, zs
         conj = False
@@ -31,8 +35,12 @@ def _corners(xs: float, ys: float, zs: float, xdim: int, ydim: int, zdim: int,
         conj = True
     if yd < 0.0:
         yd += ydim
+        if wrap and yd >= ydim:
+            yd -= ydim
     if zd < 0.0:
         zd += zdim
+        if wrap and zd >= zdim:
+            zd -= zdim
     x0 = int(xd)
     y0 = int(yd)
     z0 = int(zd)
@@ -73,7 +81,7 @@ def _trilinear(img: Float64Array, x0: int, x1: int, y0: int, y1: int, z0: int, z
 @njit(parallel=True, nogil=True, cache=True)
 def _symmetrise_kernel(d_re: Float64Array, d_im: Float64Array, wgt: Float64Array,
                        mats: Float64Array, o_re: Float64Array, o_im: Float64Array,
-                       o_w: Float64Array) -> None:  # fmt: skip
+                       o_w: Float64Array, wrap: bool) -> None:  # fmt: skip
     # Real and imaginary parts are interpolated separately: the same float operations
     # as RELION's tComplex (scalar × complex never mixes the parts).
     d, h, wh = d_re.shape
@@ -94,7 +102,7 @@ def _symmetrise_kernel(d_re: Float64Array, d_im: Float64Array, wgt: Float64Array
                     px = mats[k, 0, 0] * xx + mats[k, 0, 1] * yy + mats[k, 0, 2] * zz
                     py = mats[k, 1, 0] * xx + mats[k, 1, 1] * yy + mats[k, 1, 2] * zz
                     pz = mats[k, 2, 0] * xx + mats[k, 2, 1] * yy + mats[k, 2, 2] * zz
-                    x0, x1, y0, y1, z0, z1, xf, yf, zf, conj = _corners(px, py, pz, wh, h, d)
+                    x0, x1, y0, y1, z0, z1, xf, yf, zf, conj = _corners(px, py, pz, wh, h, d, wrap)
                     v_re = _trilinear(d_re, x0, x1, y0, y1, z0, z1, xf, yf, zf)
                     v_im = _trilinear(d_im, x0, x1, y0, y1, z0, z1, xf, yf, zf)
                     if conj:
@@ -115,9 +123,12 @@ def _symmetrise_kernel(d_re: Float64Array, d_im: Float64Array, wgt: Float64Array
 
 
 def symmetrise_fourier(
-    D: NDArray[Any], W: NDArray[Any], ops: ArrayLike, threads: int = 1
+    D: NDArray[Any], W: NDArray[Any], ops: ArrayLike, threads: int = 1, wrap: bool = False
 ) -> tuple[Complex128Array, Float64Array]:
     """RELION's ``symmetrise_FS_complex`` (D) and ``symmetrise_FS_real`` (W).
+
+    ``wrap`` reads frequencies that land a rounding error below 0 at 0, where RELION reads
+    the far edge of the volume (``--fix_symmetry_wrap``; docs/conventions.md).
 
     ``D`` complex and ``W`` real, both (d, h, w//2+1) [z, y, x] half-complex; ``ops``
     (m, 4, 4) from :func:`symmetry_operators`.  Returns new arrays (complex128, float64);
@@ -145,7 +156,7 @@ def symmetrise_fourier(
     top: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
     numba.set_num_threads(max(1, min(int(threads), top)))
     try:
-        _symmetrise_kernel(d_re, d_im, wgt, np.ascontiguousarray(ops), o_re, o_im, o_w)
+        _symmetrise_kernel(d_re, d_im, wgt, np.ascontiguousarray(ops), o_re, o_im, o_w, wrap)
     finally:
         numba.set_num_threads(old)
     out = np.empty(D.shape, dtype=np.complex128)

@@ -44,7 +44,7 @@ def finalise_steps(
     if len(ops):
         for h in range(2 if (half_sets or merged_only) else 1):
             yield f"symmetry ({len(ops) + 1} operators), half set {h + 1}"
-            D[h], W[h] = symmetrise_fourier(D[h], W[h], ops, threads)
+            D[h], W[h] = symmetrise_fourier(D[h], W[h], ops, threads, wrap=params.fix_symmetry_wrap)
     if merged_only:
         pairs = {"merged": (D[0] + D[1], W[0] + W[1])}
     elif half_sets:
