@@ -611,8 +611,11 @@ def test_optimisation_sets_round_trip(entries, block, overrides):
 # 2. Corruption fuzzing: never a traceback
 # ======================================================================================
 
-DATASETS = ("r5", "r4", "extra", "r5-zernike")
-SOURCE = {"r5": "r5", "r4": "r4", "extra": "extra", "r5-zernike": "r5"}
+DATASETS = ("r5", "r4", "extra", "r5-zernike", "deform-spline", "deform-fourier")
+SOURCE = {
+    "r5": "r5", "r4": "r4", "extra": "extra", "r5-zernike": "r5",
+    "deform-spline": "deform/spline", "deform-fourier": "deform/fourier",
+}  # fmt: skip
 PARTICLES = {"r5-zernike": "particles_zernike.star"}  # optics with aberration vectors
 
 

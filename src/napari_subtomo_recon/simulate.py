@@ -60,6 +60,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -535,6 +536,9 @@ class SimulationConfig:
     ``particle_coords`` (N, 3) true particle centres (Å from the tomogram centre, i.e. after
     the origin offsets) and ``particle_angles`` (N, 3) rot/tilt/psi in degrees override the
     random particles (N = n_tomograms·particles_per_tomogram, in file order).
+    ``deformation(tomogram, c2)`` moves the projected centres c2 (nf, 2) (unbinned pixels,
+    row f = frame f) before drawing, as a 2D image deformation from Polish does; the
+    ``rlnTomoDeformation*`` labels are the caller's to write.
 
     **Randomness.**  ``numpy.random.default_rng((seed, tomogram, quantity))``, one stream per
     tomogram and quantity (tilt geometry, positions, angles, ...), so the same seed gives the
@@ -586,6 +590,8 @@ class SimulationConfig:
     dose_weighting: bool = True
     particle_coords: ArrayLike | None = None  # (N, 3) Å from the tomogram centre
     particle_angles: ArrayLike | None = None  # (N, 3) rot, tilt, psi in degrees
+    # (tomogram index, projected centres (nf, 2)) -> where the particle is drawn (nf, 2)
+    deformation: Callable[[int, np.ndarray], np.ndarray] | None = None
     # --- randomness
     seed: int = 0
 
@@ -999,6 +1005,8 @@ def _image_particle(
     M = ts.proj[:, :3, :3]
     traj = pos[None, :] + shifts / px
     c2 = np.einsum("fij,fj->fi", ts.proj[:, :2, :3], traj) + ts.proj[:, :2, 3]
+    if cfg.deformation is not None:
+        c2 = np.asarray(cfg.deformation(ts.index, c2), dtype=np.float64)
     depth = M[:, 2, :] @ (pos - sizes.centre)
     dz = cfg.hand * px * depth
     vis = _visible(c2, cfg.box, sizes.image_size)

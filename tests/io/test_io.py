@@ -210,3 +210,75 @@ def test_first_non_finite_finds_nan_and_inf_but_not_overflowing_sums(tmp_path):
         bad = np.argwhere(~np.isfinite(img))
         expect.append(None if bad.size == 0 else (int(bad[0][1]), int(bad[0][0])))
     assert got == expect == [None, (7, 3), (5, 5), None]
+
+
+def _deform_copy(tmp_path, folder="spline"):
+    shutil.copytree(INPUTS / "deform" / folder, tmp_path / "d")
+    return tmp_path / "d"
+
+
+def test_deformations_are_read_per_frame(monkeypatch):
+    monkeypatch.chdir(INPUTS / "deform" / "spline")
+    ts = read_tomogram_set("tomograms.star").tomograms[0]
+    assert ts.deformation_type == "spline" and ts.deformation_grid == (4, 3)
+    assert ts.deformation_coefficients is not None
+    assert ts.deformation_coefficients.shape == (ts.frame_count, 8 * 4 * 3)
+    text = starfile.read("tilt_series/TS_01.star")["rlnTomoDeformationCoefficients"][2]
+    want = [float(v) for v in text.strip("[]").split(",")]
+    np.testing.assert_array_equal(ts.deformation_coefficients[2], want)
+
+
+@pytest.mark.parametrize(
+    "where, label, value, match",
+    [
+        ("global", "rlnTomoDeformationType", "Spline", r"data_global row 1 \(line \d+\) "
+         r"rlnTomoDeformationType: 'Spline' is not a deformation type RELION knows"),
+        ("global", "rlnTomoDeformationGridSizeX", "1", r"rlnTomoDeformationGridSizeX: '1' must "
+         r"be ≥ 2 for a spline"),
+        ("global", "rlnTomoDeformationGridSizeY", "2.5", r"'2.5' is not an integer"),
+        ("tilt", "rlnTomoDeformationCoefficients", "[1,2,3]", r"data_TS_01 row 4 \(line \d+\) "
+         r"rlnTomoDeformationCoefficients: '\[1,2,3\]' has 3 numbers; a spline deformation on "
+         r"a 4x3 grid has 96"),
+        ("tilt", "rlnTomoDeformationCoefficients", "[1,x,3]", r"row 4 \(line \d+\) "
+         r"rlnTomoDeformationCoefficients: '\[1,x,3\]' is not a vector of finite numbers"),
+        ("tilt", "rlnTomoDeformationCoefficients", "[1,nan]", r"'\[1,nan\]' is not a vector"),
+    ],
+)  # fmt: skip
+def test_bad_deformations_are_one_line_naming_the_row_and_text(
+    tmp_path, monkeypatch, where, label, value, match
+):
+    d = _deform_copy(tmp_path)
+    monkeypatch.chdir(d)
+    if where == "global":
+        path, block, row = d / "tomograms.star", "global", 0
+    else:
+        path, block, row = d / "tilt_series" / "TS_01.star", "TS_01", 3
+    blocks = starfile.read(path, always_dict=True)
+    df = blocks[block].astype({label: object})
+    df.loc[row, label] = value
+    blocks[block] = df
+    starfile.write(blocks, path)
+    with pytest.raises(InputError, match=match) as e:
+        read_tomogram_set("tomograms.star")
+    assert "\n" not in str(e.value)
+
+
+def test_deformations_need_a_type_and_coefficients(tmp_path, monkeypatch):
+    d = _deform_copy(tmp_path, "linear")
+    monkeypatch.chdir(d)
+    ts_path = d / "tilt_series" / "TS_01.star"
+    blocks = starfile.read(ts_path, always_dict=True)
+    blocks["TS_01"] = blocks["TS_01"].drop(columns=["rlnTomoDeformationCoefficients"])
+    starfile.write(blocks, ts_path)
+    with pytest.raises(InputError, match="no rlnTomoDeformationCoefficients column, but .* "
+                       "declares linear deformations"):  # fmt: skip
+        read_tomogram_set("tomograms.star")
+    tomos = starfile.read("tomograms.star", always_dict=True)
+    tomos["global"] = tomos["global"].drop(columns=["rlnTomoDeformationType"])
+    starfile.write(tomos, "tomograms.star")
+    with pytest.raises(InputError, match="has no rlnTomoDeformationType column"):
+        read_tomogram_set("tomograms.star")
+    # without both grid sizes RELION ignores the other deformation labels
+    tomos["global"] = tomos["global"].drop(columns=["rlnTomoDeformationGridSizeY"])
+    starfile.write(tomos, "tomograms.star")
+    assert read_tomogram_set("tomograms.star").tomograms[0].deformation_type is None

@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .arraytypes import BoolArray, Float64Array
+from .deformation import ImageDeformation
 from .geometry import depth_offsets, euler_matrix, particle_positions, project, visible
 
 
@@ -19,7 +20,7 @@ class ParticleGeometry:
     """
 
     pos: Float64Array  # (n, 3) position incl. origin offsets (CTF depth, matrix translation)
-    centres2d: Float64Array  # (n, fc, 2) projected trajectory: extraction centres
+    centres2d: Float64Array  # (n, fc, 2) projected (and deformed) trajectory: extraction centres
     visible: BoolArray  # (n, fc) bool
     rotation: Float64Array  # (n, 3, 3) A = A_sub · A_part
     depth: Float64Array  # (n, fc) depth of pos relative to the tomogram centre, px
@@ -58,6 +59,7 @@ def particle_geometry(
     sub_angles: Float64Array | None,
     box: int,
     trajectories: Float64Array | None = None,
+    deformation: ImageDeformation | None = None,
     margin: float | None = None,
 ) -> ParticleGeometry:
     """Geometry of n particles in one tilt series with projections ``P`` (fc, 4, 4).
@@ -66,8 +68,10 @@ def particle_geometry(
     pixels; ``particle_pixel_size`` (n,) Å; ``origins_angst`` (n, 3) Å; ``angles`` and
     ``sub_angles`` (n, 3) Euler angles in degrees or None; ``trajectories``
     (n, fc, 3) are per-frame shifts in Å, added after conversion with the tilt
-    series' pixel size.  Visibility uses the binned half box ``box/2`` as a margin
-    in unbinned pixels, as RELION does, unless ``margin`` (unbinned pixels) is given.
+    series' pixel size.  ``deformation`` (Polish's 2D image deformations) moves the
+    projected centres, for visibility and extraction alike.  Visibility uses the binned
+    half box ``box/2`` as a margin in unbinned pixels, as RELION does, unless ``margin``
+    (unbinned pixels) is given.
     """
     n = coords.shape[0]
     px_p = np.asarray(particle_pixel_size, dtype=np.float64)
@@ -83,6 +87,8 @@ def particle_geometry(
     if trajectories is not None:
         traj = traj + trajectories / tomo_pixel_size
     c2 = project(P[None, :, :, :], traj)[..., :2]
+    if deformation is not None:
+        c2 = deformation.apply(c2)
     return ParticleGeometry(
         pos=pos,
         centres2d=c2,

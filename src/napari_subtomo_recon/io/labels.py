@@ -50,6 +50,8 @@ STAR_DOMAINS: dict[str, Domain] = {
     "rlnTomoSizeY": POSITIVE_SIZE,
     "rlnTomoSizeZ": POSITIVE_SIZE,
     "rlnTomoFrameCount": Domain(min=1, why="the number of tilt images"),
+    "rlnTomoDeformationGridSizeX": Domain(min=1, max=1000, why="nodes of the deformation grid"),
+    "rlnTomoDeformationGridSizeY": Domain(min=1, max=1000, why="nodes of the deformation grid"),
     # per particle
     "rlnRandomSubset": Domain(min=1, max=2, why="the half set, 1 or 2"),  # (ints() refuses 1.5)
     "rlnOpticsGroup": Domain(min=1, why="optics groups are numbered from 1"),

@@ -76,6 +76,11 @@ class TiltSeries:
     optics_group_name: str | None = None
     global_row: int = 0
     star_file: str = ""  # the star file of its per-tilt table, as a path to open
+    # 2D image deformations from Polish (core.deformation): RELION's type name, the grid
+    # (gx, gy) and the coefficients (fc, n) of each frame; None without deformations
+    deformation_type: str | None = None
+    deformation_grid: tuple[int, int] = (0, 0)
+    deformation_coefficients: FloatArray | None = None
 
     @property
     def frame_count(self) -> int:
@@ -204,7 +209,6 @@ def _load_tilt_series(
     """The tilt series of global row ``r``; ``m`` is its per-tilt table (one row per frame)."""
     size = _tomogram_size(glob, r)
     optics = _global_optics(glob, r)
-    _reject_deformations(glob, r, m)
     if "rlnTomoTiltSeriesName" in glob:
         frames, image_size = _stack_frames(glob, r, name, m, check_images, root)
     else:
@@ -213,6 +217,7 @@ def _load_tilt_series(
     r4, angles, shifts = _frame_geometry(m, name, fc)
     du, dv = _frame_column(m, "rlnDefocusU", fc), _frame_column(m, "rlnDefocusV", fc)
     _reject_zero_ctf(m, du, dv, optics)
+    kind, grid, coefficients = _deformations(glob, r, name, m, fc)
     return TiltSeries(
         name=name,
         source=f"{m.path} data_{name}",
@@ -239,6 +244,9 @@ def _load_tilt_series(
         optics_group_name=optics.group_name,
         global_row=r,
         star_file=m.path,
+        deformation_type=kind,
+        deformation_grid=grid,
+        deformation_coefficients=coefficients,
     )
 
 
@@ -293,13 +301,90 @@ def _global_optics(glob: Table, r: int) -> _GlobalOptics:
     )
 
 
-def _reject_deformations(glob: Table, r: int, m: Table) -> None:
-    if "rlnTomoDeformationGridSizeX" in glob and "rlnTomoDeformationGridSizeY" in glob:
-        if "rlnTomoDeformationCoefficients" in m:
-            raise InputError(
-                f"{glob.where('rlnTomoDeformationType', r)}: 2D image deformations (from Polish) "
-                "are not supported; use tilt series without rlnTomoDeformation* labels"
-            )
+DEFORMATION_TYPES = ("spline", "Fourier", "linear")
+
+
+def deformation_coefficient_count(kind: str, gx: int, gy: int) -> int:
+    """Numbers per frame of a deformation, as Polish writes them (RELION's
+    ``getParameterCount`` of the model; the layouts are in ``core/deformation.py``)."""
+    if kind == "spline":
+        return 8 * gx * gy
+    if kind == "Fourier":  # the frequencies of Fourier2DDeformationModel, two directions
+        n = sum(gx // 2 + (0 if y == 0 else 1) if y < gy // 2 else gx // 2 for y in range(gy))
+        return 4 * n
+    return 3
+
+
+def _deformations(
+    glob: Table, r: int, name: str, m: Table, fc: int
+) -> tuple[str | None, tuple[int, int], FloatArray | None]:
+    """(type, (gx, gy), coefficients (fc, n)) of global row ``r``, or (None, (0, 0), None).
+
+    As ``TomogramSet::loadTomogram``: deformations exist iff both grid-size labels do (the
+    type and coefficients are then required: RELION stops on an unknown type and crashes
+    on frames without coefficients); other deformation labels alone are ignored.
+    """
+    gx_label, gy_label = "rlnTomoDeformationGridSizeX", "rlnTomoDeformationGridSizeY"
+    if gx_label not in glob or gy_label not in glob:
+        return None, (0, 0), None
+    grid = (_whole(glob, gx_label, r), _whole(glob, gy_label, r))
+    type_label = "rlnTomoDeformationType"
+    if type_label not in glob:
+        raise InputError(
+            f"{glob.where(gx_label, r)}: a deformation grid is given but data_global has no "
+            f"{type_label} column (spline, Fourier or linear)"
+        )
+    kind = glob.string_at(type_label, r)
+    if kind not in DEFORMATION_TYPES:
+        raise glob.bad(
+            type_label, r, "is not a deformation type RELION knows (spline, Fourier or linear)"
+        )
+    if kind == "spline":
+        for label, g in ((gx_label, grid[0]), (gy_label, grid[1])):
+            if g < 2:
+                raise glob.bad(label, r, "must be ≥ 2 for a spline deformation (grid nodes)")
+    coef_label = "rlnTomoDeformationCoefficients"
+    if coef_label not in m:
+        raise InputError(
+            f"{m.path}: data_{name} has no {coef_label} column, but "
+            f"{glob.where(type_label, r)} declares {kind} deformations"
+        )
+    n = deformation_coefficient_count(kind, *grid)
+    texts = m.strings(coef_label)[:fc]
+    coefficients = np.zeros((fc, n))
+    for f, text in enumerate(texts):
+        values = _relion_vector(text)
+        if values is None:
+            raise m.bad(coef_label, f, "is not a vector of finite numbers ([a,b,...])")
+        if values.size != n:
+            raise m.bad(
+                coef_label, f,
+                f"has {values.size} numbers; a {kind} deformation on a {grid[0]}x{grid[1]} "
+                f"grid has {n}",
+            )  # fmt: skip
+        coefficients[f] = values
+    return kind, grid, coefficients
+
+
+def _whole(t: Table, label: str, r: int) -> int:
+    """A whole number ≥ 1 (the label's domain) in row ``r``."""
+    v = t.float_at(label, r)
+    if v != round(v):
+        raise t.bad(label, r, "is not an integer")
+    return round(v)
+
+
+def _relion_vector(text: str) -> FloatArray | None:
+    """``[a,b,c]`` (brackets optional, as RELION reads it) as numbers, or None if it is not
+    a vector of finite numbers."""
+    body = text.strip()
+    if body.startswith("[") and body.endswith("]"):
+        body = body[1:-1].strip()
+    try:
+        values = np.array([float(x) for x in body.split(",")] if body else [], dtype=np.float64)
+    except ValueError:
+        return None
+    return values if bool(np.all(np.isfinite(values))) else None
 
 
 # --- images ----------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ def settings_of(params: ReconstructParams, threads: int | None = None) -> Any:
 
 def plan_work(params: ReconstructParams, inp: Inputs) -> list[TomoPlan]:
     """Geometry of every particle, per tilt series, in tomogram-set order."""
+    from ..core.deformation import ImageDeformation
     from ..core.geometry import tilt_projections
     from ..core.particles import particle_geometry
 
@@ -67,6 +68,12 @@ def plan_work(params: ReconstructParams, inp: Inputs) -> list[TomoPlan]:
         trajs = None
         if inp.trajectories is not None:
             trajs = np.stack([inp.trajectories[i] for i in idx])
+        deformation = None
+        if ts.deformation_type is not None and ts.deformation_coefficients is not None:
+            deformation = ImageDeformation(
+                ts.deformation_type, ts.deformation_grid, ts.image_size,
+                ts.deformation_coefficients,
+            )  # fmt: skip
         geo = particle_geometry(
             P,
             ts.centre,
@@ -80,6 +87,7 @@ def plan_work(params: ReconstructParams, inp: Inputs) -> list[TomoPlan]:
             None if parts.sub_angles is None else parts.sub_angles[idx],
             int(params.box_size),
             trajs,
+            deformation,
             # PR #1305: the window actually cut out is binning·box unbinned pixels wide
             settings_of(params).window / 2.0 if params.unbinned_visibility else None,
         )
