@@ -68,3 +68,19 @@ def test_fast_path_with_two_pixel_sizes(prebin, tmp_path, monkeypatch):
         theirs = mrcfile.read(FIXTURES / "expected" / "two_pixel_sizes" / fname)
         agree = fsc(ours.astype(np.float64), theirs.astype(np.float64))
         assert agree[1:].min() >= 0.995, f"{fname}: {np.round(agree, 4)}"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_default_path_agrees_with_relion(name, tmp_path, monkeypatch):
+    """The default (fast) path, not RELION's exact extraction: FSC >= 0.995 at every shell
+    against RELION's maps (issues #4 and #16)."""
+    case = CASES[name]
+    monkeypatch.chdir(FIXTURES / "inputs" / case["inputs"])
+    params, _ = parse_args([*case["args"], "--o", str(tmp_path / "job"), "--j", "2"])
+    assert not params.exact
+    run_to_completion(params)
+    for fname in case["compare"]:
+        ours = mrcfile.read(tmp_path / "job" / fname)
+        theirs = mrcfile.read(FIXTURES / "expected" / name / fname)
+        _, min_fsc = compare(ours, theirs)
+        assert min_fsc >= 0.995, f"{name}/{fname}: FSC drops to {min_fsc:.4f}"
