@@ -296,7 +296,8 @@ class ReconstructParams:
     prebin: str = option("auto", Spec(
         "Bin whole tilts first:",
         "Fast path: bin each tilt image once before cutting the windows: auto (when it pays "
-        "off), always or never (--prebin).",
+        "off), always or never. Never done without the circle crop, whose soft edge is what "
+        "lets binned windows agree with RELION's (--prebin).",
         flag="--prebin", tab="Average", advanced=True, checkpoint=True, relion=False,
         kind="choice", domain=Domain(choices=("auto", "always", "never")), metavar="MODE",
     ))  # fmt: skip

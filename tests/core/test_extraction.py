@@ -171,3 +171,30 @@ def test_rotation_table_matches_direct_cos_sin():
     # the direct values' own argument rounding is ~ulp(7400) = 9e-13
     assert np.abs(out[:, 0] - np.cos(m * theta)).max() < 1e-11
     assert np.abs(out[:, 1] - np.sin(m * theta)).max() < 1e-11
+
+
+@pytest.mark.parametrize("box", [24, 28, 32, 42, 48, 64, 96, 128, 192, 256])
+@pytest.mark.parametrize("binning", [1.0, 1.5, 2.0, 2.3, 3.7, 4.0, 6.0, 7.3])
+def test_fast_window_gives_a_ratio_the_tilt_can_be_binned_by(box, binning):
+    """bin 2.3, box 42: RELION's window is 97 px, a prime; a ratio 97/63 would need a
+    padded tilt whose size is a multiple of 97 and quick to transform, which does not
+    exist (the search ended in a ValueError).  Every ratio offered must be usable."""
+    import math
+
+    from napari_subtomo_recon.core.extraction import bin_image, fast_window
+
+    s02d = int(binning * box + 0.5)
+    num, den, win = fast_window(box, binning)
+    if (num, den) == (1, 1):
+        assert win == s02d
+        return
+    assert num * win == den * s02d and math.gcd(num, den) == 1  # the same physical window
+    assert win % 2 == 0 and round(1.5 * box) <= win < s02d
+    n = num
+    for p in (2, 3, 5):
+        while n % p == 0:
+            n //= p
+    assert n == 1, (num, den)
+    img = np.random.default_rng(0).normal(size=(150, 170)).astype(np.float32)
+    source, pad = bin_image(img, num, den, s02d // 2 + 2, 1)
+    assert source.dtype == np.float32 and np.all(np.isfinite(source))

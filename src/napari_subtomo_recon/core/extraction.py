@@ -452,14 +452,31 @@ def fast_window(box: int, binning: float, oversampling: float = 1.5) -> tuple[in
     Oversampling keeps most of what the mask's edge spreads across the output band's
     border: at 1.5 the maps agree with RELION's path to FSC >= 0.997 on simulated
     data (1.0 gives 0.988 at Nyquist).  Where RELION's window is no larger than that,
-    the tilts are not binned at all and both paths are the same.
+    or no even window up to it gives a ratio with prime factors 2, 3 and 5 only, the
+    tilts are not binned at all and both paths are the same.
     """
     s02d = int(binning * box + 0.5)
     window = int(round(oversampling * box))
     if s02d <= window:
         return 1, 1, s02d
-    g = math.gcd(s02d, window)
-    return s02d // g, window // g, window
+    # The binned tilt must be a whole number of samples: its padded size is a multiple of
+    # num, and a quick-to-transform size that is one exists only if num has no prime
+    # factor above 5 (s02d = 97 would never find one).  Odd windows break the half-complex
+    # crop.  So: the smallest even window from oversampling·box up that gives such a ratio,
+    # or no binning at all (RELION's windows).
+    for w in range(window + window % 2, s02d, 2):
+        g = math.gcd(s02d, w)
+        if _five_smooth(s02d // g):
+            return s02d // g, w // g, w
+    return 1, 1, s02d
+
+
+def _five_smooth(n: int) -> bool:
+    """No prime factor above 5."""
+    for p in (2, 3, 5):
+        while n % p == 0:
+            n //= p
+    return n == 1
 
 
 def _fast_size(n: int, multiple: int) -> int:
