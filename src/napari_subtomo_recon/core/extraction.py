@@ -119,7 +119,7 @@ def extract_windows(
                      centres.circle_dx, centres.circle_dy)  # fmt: skip
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _extract_windows(img: Float32Array, cx: Float64Array, cy: Float64Array, w: int,
                      circle_crop: bool, out: Float32Array, falloff: float, mdx: Float64Array,
                      mdy: Float64Array) -> None:  # fmt: skip
@@ -131,7 +131,7 @@ def _extract_windows(img: Float32Array, cx: Float64Array, cy: Float64Array, w: i
     rad = m
     inner2 = (rad - falloff) ** 2 if rad > falloff else -1.0
     rad2 = rad * rad
-    for i in prange(n):
+    for i in range(n):
         ox = int(_c_round(cx[i])) - half
         oy = int(_c_round(cy[i])) - half
         clamped = np.empty(w, np.float32)  # one window row, clamped at the image edges
@@ -353,7 +353,7 @@ def finish_slices(
     )  # fmt: skip
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _finish_slices(F: Complex64Array, rows: Int64Array, ncols: int, inv_bin: float,
                    ex: Complex128Array, ey: Complex128Array, sin_g0: Float64Array,
                    cos_g0: Float64Array, u2_unit: float, envelope: Float64Array,
@@ -374,7 +374,7 @@ def _finish_slices(F: Complex64Array, rows: Int64Array, ncols: int, inv_bin: flo
         lim = xr[y] if do_ctf else sh
         if lim > 0:
             M = max(M, (lim - 1) * (lim - 1) + ky * ky)
-    for i in prange(n):
+    for i in range(n):
         g = group[i] if groups > 1 else 0
         rot = np.empty((M + 1 if do_ctf else 1, 2))
         if do_ctf:
