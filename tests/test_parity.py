@@ -55,22 +55,6 @@ def test_maps_match_relion(name, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("prebin", ["auto", "always"])
-def test_fast_path_with_two_pixel_sizes(prebin, tmp_path, monkeypatch):
-    """The default (fast) path on the case where the tilt series' pixel sizes differ (the
-    second tomogram's frequencies scaled by px0/px_t): the same maps as RELION's, which the
-    --exact path equals to 1e-4 (test_maps_match_relion), at FSC >= 0.995 at every shell."""
-    case = CASES["two_pixel_sizes"]
-    monkeypatch.chdir(FIXTURES / "inputs" / case["inputs"])
-    flags = [*case["args"], "--o", str(tmp_path / "job"), "--j", "2", "--prebin", prebin]
-    run_to_completion(parse_args(flags)[0])
-    for fname in case["compare"]:
-        ours = mrcfile.read(tmp_path / "job" / fname)
-        theirs = mrcfile.read(FIXTURES / "expected" / "two_pixel_sizes" / fname)
-        agree = fsc(ours.astype(np.float64), theirs.astype(np.float64))
-        assert agree[1:].min() >= 0.995, f"{fname}: {np.round(agree, 4)}"
-
-
-@pytest.mark.parametrize("prebin", ["auto", "always"])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_default_path_agrees_with_relion(name, prebin, tmp_path, monkeypatch):
     """The default (fast) path, not RELION's exact extraction: FSC >= 0.995 at every shell
@@ -88,3 +72,30 @@ def test_default_path_agrees_with_relion(name, prebin, tmp_path, monkeypatch):
         theirs = mrcfile.read(FIXTURES / "expected" / name / fname)
         _, min_fsc = compare(ours, theirs)
         assert min_fsc >= 0.995, f"{name}/{fname}: FSC drops to {min_fsc:.4f}"
+
+
+@pytest.mark.parametrize("name", ["deform_spline", "deform_fourier", "deform_linear"])
+def test_deformation_cases_need_the_deformation(name, tmp_path, monkeypatch):
+    """The deformation cases test the deformation: read without it (no grid sizes, which
+    RELION also takes as "no deformation"), the maps are far outside the parity bounds."""
+    import shutil
+
+    import starfile
+
+    case = CASES[name]
+    shutil.copytree(FIXTURES / "inputs" / case["inputs"], tmp_path / "in")
+    blocks = starfile.read(tmp_path / "in" / "tomograms.star", always_dict=True)
+    blocks["global"] = blocks["global"].drop(
+        columns=["rlnTomoDeformationGridSizeX", "rlnTomoDeformationGridSizeY"]
+    )
+    starfile.write(blocks, tmp_path / "in" / "tomograms.star")
+    monkeypatch.chdir(tmp_path / "in")
+    params, _ = parse_args([*case["args"], "--o", str(tmp_path / "job"), "--j", "2", "--exact"])
+    run_to_completion(params)
+    for fname in case["compare"]:
+        rel, low = compare(
+            mrcfile.read(tmp_path / "job" / fname),
+            mrcfile.read(FIXTURES / "expected" / name / fname),
+        )
+        print(f"{name}/{fname} without the deformation: rel. RMS {rel:.2f}, lowest FSC {low:.2f}")
+        assert rel > 0.1, (name, fname, rel)

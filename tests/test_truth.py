@@ -63,24 +63,6 @@ def test_fast_path_agrees_with_exact_path_and_truth(tmp_path, monkeypatch):
     assert np.all(fast_t[1:] >= exact_t[1:] - 0.01), (np.round(exact_t, 3), np.round(fast_t, 3))
 
 
-def test_fast_path_agrees_with_exact_path_with_deformations(tmp_path, monkeypatch):
-    """Pre-binned tilts (the default fast path) must move windows by Polish's 2D image
-    deformations as the exact path does."""
-    import shutil
-    from pathlib import Path
-
-    src = Path(__file__).parent / "fixtures" / "relion" / "inputs" / "deform" / "spline"
-    shutil.copytree(src, tmp_path / "d")
-    flags = ("--b", "32", "--bin", "2", "--crop", "24")
-    reconstruct(tmp_path / "d", monkeypatch, *flags, "--exact", out="exact")
-    reconstruct(tmp_path / "d", monkeypatch, *flags, "--prebin", "always", out="fast")
-    for name in ("merged", "half1", "half2"):
-        a = mrcfile.read(tmp_path / "d" / "exact" / f"{name}.mrc")
-        b = mrcfile.read(tmp_path / "d" / "fast" / f"{name}.mrc")
-        agree = fsc(a, b)
-        assert agree[1:].min() >= 0.995, f"{name}: {np.round(agree, 4)}"
-
-
 def test_thread_count_does_not_change_the_map(c1_data, monkeypatch):
     """--j 2 makes the windows in a pool of threads, whole chunks each: the same numbers."""
     import threading

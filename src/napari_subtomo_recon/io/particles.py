@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ._typing import BoolArray, FloatArray, IntArray
-from .star import Table, at, read_star
+from .star import Table, at, parse_vector, read_star
 from .tomograms import TomogramSet
 
 CENTRED = (
@@ -64,12 +64,16 @@ class ParticleSet:
     subset: IntArray | None  # (n,) 1 or 2, or None (no half sets)
     optics_group: IntArray  # (n,) 1-based
     optics: Optics
-    table: pd.DataFrame  # the particle table as read (for writing derived files)
+    rows: Table  # the particle table as read (messages quote its rows as written)
     general: pd.DataFrame | None = None
-    rows: Table | None = None  # the same table, for messages that quote a row as written
 
     def __len__(self) -> int:
         return len(self.tomo_names)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The particle table as read (for writing derived files)."""
+        return self.rows.df
 
     @property
     def has_half_sets(self) -> bool:
@@ -119,9 +123,8 @@ def read_particle_set(
         subset=subset,
         optics_group=groups,
         optics=optics,
-        table=t.df,
-        general=general,
         rows=t,
+        general=general,
     )
 
 
@@ -133,18 +136,20 @@ def visible_frames(ps: ParticleSet, i: int, frame_count: int) -> BoolArray | Non
     ``--max_dose``) as a (frame_count,) bool mask indexed by frame; None without the column.
     RELION 5's reconstruction ignores it (3dem/relion PR #1344): used only on request."""
     t = ps.rows
-    if t is None or VISIBLE_FRAMES not in t:
+    if VISIBLE_FRAMES not in t:
         return None
-    text = t.string_at(VISIBLE_FRAMES, i).strip()
-    words = text[1:-1] if text.startswith("[") and text.endswith("]") else text
-    flags = words.replace(",", " ").split()
-    if len(flags) != frame_count or any(f not in ("0", "1") for f in flags):
+    try:
+        flags: FloatArray | None = parse_vector(t.string_at(VISIBLE_FRAMES, i), "")
+    except InputError:
+        flags = None
+    if flags is None or flags.size != frame_count or not np.isin(flags, (0.0, 1.0)).all():
         raise t.bad(
             VISIBLE_FRAMES, i,
             f"is not a list of {frame_count} flags 0 or 1, one per frame of tomogram "
             f"'{ps.tomo_names[i]}'",
         )  # fmt: skip
-    return np.array([f == "1" for f in flags], dtype=bool)
+    mask: BoolArray = flags == 1.0
+    return mask
 
 
 def _general_block(blocks: dict[str, pd.DataFrame], path: str) -> pd.DataFrame | None:

@@ -476,14 +476,15 @@ def parse_vector(text: str, where: str, length: int | None = None) -> FloatArray
     t = str(text).strip()
     if t.startswith("[") and t.endswith("]"):
         t = t[1:-1]
+    bad = f"{where}: '{text}' is not a vector of finite numbers ([a,b,...])"
     try:
         vals = np.array([float(x) for x in t.replace(",", " ").split()], dtype=np.float64)
     except ValueError:
-        raise InputError(f"{where}: '{text}' is not a vector of numbers") from None
-    if length is not None and vals.size != length:
-        raise InputError(f"{where}: expected {length} numbers, found {vals.size}")
+        raise InputError(bad) from None
     if not np.all(np.isfinite(vals)):
-        raise InputError(f"{where}: '{text}' contains non-finite numbers")
+        raise InputError(bad)
+    if length is not None and vals.size != length:
+        raise InputError(f"{where}: '{text}' has {vals.size} numbers, not {length}")
     return vals
 
 

@@ -327,7 +327,7 @@ def _deformations(
     gx_label, gy_label = "rlnTomoDeformationGridSizeX", "rlnTomoDeformationGridSizeY"
     if gx_label not in glob or gy_label not in glob:
         return None, (0, 0), None
-    grid = (_whole(glob, gx_label, r), _whole(glob, gy_label, r))
+    grid = (int(glob.ints(gx_label)[r]), int(glob.ints(gy_label)[r]))
     type_label = "rlnTomoDeformationType"
     if type_label not in glob:
         raise InputError(
@@ -353,9 +353,7 @@ def _deformations(
     texts = m.strings(coef_label)[:fc]
     coefficients = np.zeros((fc, n))
     for f, text in enumerate(texts):
-        values = _relion_vector(text)
-        if values is None:
-            raise m.bad(coef_label, f, "is not a vector of finite numbers ([a,b,...])")
+        values = parse_vector(text, m.where(coef_label, f))
         if values.size != n:
             raise m.bad(
                 coef_label, f,
@@ -364,27 +362,6 @@ def _deformations(
             )  # fmt: skip
         coefficients[f] = values
     return kind, grid, coefficients
-
-
-def _whole(t: Table, label: str, r: int) -> int:
-    """A whole number ≥ 1 (the label's domain) in row ``r``."""
-    v = t.float_at(label, r)
-    if v != round(v):
-        raise t.bad(label, r, "is not an integer")
-    return round(v)
-
-
-def _relion_vector(text: str) -> FloatArray | None:
-    """``[a,b,c]`` (brackets optional, as RELION reads it) as numbers, or None if it is not
-    a vector of finite numbers."""
-    body = text.strip()
-    if body.startswith("[") and body.endswith("]"):
-        body = body[1:-1].strip()
-    try:
-        values = np.array([float(x) for x in body.split(",")] if body else [], dtype=np.float64)
-    except ValueError:
-        return None
-    return values if bool(np.all(np.isfinite(values))) else None
 
 
 # --- images ----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ class Inputs:
 def load_inputs(params: ReconstructParams, root: str | None = None) -> Inputs:
     """Read and cross-check every input file (headers only for images)."""
     from ..io import read_particle_set, read_tomogram_set, read_trajectories, resolve_inputs
+    from ..io.particles import VISIBLE_FRAMES
 
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
@@ -38,7 +39,7 @@ def load_inputs(params: ReconstructParams, root: str | None = None) -> Inputs:
         traj = read_trajectories(opt.trajectories, parts, root) if opt.trajectories else None
     notes += [str(w.message) for w in caught]
     by_tomo = _group_by_tomogram(params, opt, tomos, parts, notes)
-    if params.use_visible_frames and "rlnTomoVisibleFrames" not in parts.table.columns:
+    if params.use_visible_frames and VISIBLE_FRAMES not in parts.rows:
         notes.append(
             f"--use_visible_frames: the particles in {opt.particles} have no "
             "rlnTomoVisibleFrames; every tilt the particle lies inside is used, as RELION does"

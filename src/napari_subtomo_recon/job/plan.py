@@ -59,6 +59,8 @@ def plan_work(params: ReconstructParams, inp: Inputs) -> list[TomoPlan]:
     from ..core.particles import particle_geometry
 
     parts = inp.particles
+    # PR #1305: the window actually cut out is binning·box unbinned pixels wide
+    margin = settings_of(params).window / 2.0 if params.unbinned_visibility else None
     plans = []
     for k, idx in enumerate(inp.by_tomogram):
         if idx.size == 0:
@@ -88,8 +90,7 @@ def plan_work(params: ReconstructParams, inp: Inputs) -> list[TomoPlan]:
             int(params.box_size),
             trajs,
             deformation,
-            # PR #1305: the window actually cut out is binning·box unbinned pixels wide
-            settings_of(params).window / 2.0 if params.unbinned_visibility else None,
+            margin,
         )
         if params.use_visible_frames:
             _apply_visible_frames(parts, idx, geo.visible)
