@@ -104,6 +104,36 @@ def test_expand_weights_follows_relion_loop_order():
                 if x > 0:
                     full[(s - z) % s, (s - y) % s, s - x] = W[z, y, x]
     assert np.array_equal(expand_weights(W), np.fft.fftshift(full))
+    assert np.array_equal(expand_weights(W, np.float32), np.fft.fftshift(full).astype(np.float32))
+
+
+def test_expand_weights_odd_box():
+    s = 7
+    sh = s // 2 + 1
+    W = np.random.default_rng(6).uniform(size=(s, s, sh))
+    full = np.zeros((s, s, s))
+    for z in range(s):
+        for y in range(s):
+            for x in range(sh):
+                full[z, y, x] = W[z, y, x]
+                if x > 0:
+                    full[(s - z) % s, (s - y) % s, s - x] = W[z, y, x]
+    assert np.array_equal(expand_weights(W), np.fft.fftshift(full))
+
+
+def test_steps_that_overwrite_their_input_give_the_same_maps():
+    """The lean forms the job uses (``consume``, ``inplace``) against the plain ones."""
+    s = 12
+    rng = np.random.default_rng(7)
+    D = rng.normal(size=(s, s, s // 2 + 1)) + 1j * rng.normal(size=(s, s, s // 2 + 1))
+    ref = gridding_correct(D)
+    work = D.copy()
+    assert np.array_equal(gridding_correct(work, consume=True), ref)
+    assert not np.array_equal(work, D)  # used as the workspace
+    v = rng.normal(size=(s, s, s))
+    expect = taper(v, 2.0)
+    assert np.array_equal(taper(v, 2.0, inplace=True), expect)
+    assert np.array_equal(v, expect)
 
 
 def test_taper_brute_force_and_constant_volume():
@@ -147,3 +177,26 @@ def test_fsc_identical_independent_and_resolution():
     curve = np.array([1.0, 0.9, 0.6, 0.4, 0.1])  # box 8
     assert np.isclose(resolution_at(curve, 0.5, 2.0), 8 * 2.0 / 2.5)
     assert np.isclose(resolution_at(np.ones(5), 0.143, 2.0), 4.0)
+
+
+def test_fsc_brute_force():
+    """Shell sums written out voxel by voxel over the full transform (shell round(|k|),
+    shells 0..n/2): the half-complex sums count x = 1..n/2-1 once where the full
+    transform has them twice, as RELION's and every FSC over an rfft does."""
+    n = 8
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(n, n, n)).astype(np.float32)
+    b = (a + rng.normal(size=(n, n, n))).astype(np.float32)
+    A = np.fft.fftn(a.astype(np.float64))
+    B = np.fft.fftn(b.astype(np.float64))
+    num, da, db = np.zeros(n // 2 + 1), np.zeros(n // 2 + 1), np.zeros(n // 2 + 1)
+    for z in range(n):
+        for y in range(n):
+            for x in range(n // 2 + 1):
+                kz, ky = (z if z < n // 2 else z - n), (y if y < n // 2 else y - n)
+                i = int(np.floor(np.sqrt(kz * kz + ky * ky + x * x) + 0.5))
+                if i <= n // 2:
+                    num[i] += (A[z, y, x] * np.conj(B[z, y, x])).real
+                    da[i] += abs(A[z, y, x]) ** 2
+                    db[i] += abs(B[z, y, x]) ** 2
+    assert np.allclose(fsc(a, b), num / np.sqrt(da * db), rtol=1e-12, atol=0)

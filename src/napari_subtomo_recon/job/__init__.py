@@ -18,11 +18,11 @@ from typing import Any
 
 _WHERE = {
     "MAP_TAGS": "finalise",
-    "finalise": "finalise",
+    "preview_map": "finalise",
     "finalise_steps": "finalise",
     "Inputs": "inputs",
     "load_inputs": "inputs",
-    "write_outputs": "outputs",
+    "OutputGroup": "outputs",
     "TomoPlan": "plan",
     "fit_memory": "plan",
     "memory_estimate": "plan",

@@ -13,7 +13,6 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -46,7 +45,7 @@ def prepare_output_dir(out_dir: Path) -> None:
 
 
 def output_names(params: ReconstructParams, half_sets: bool) -> list[str]:
-    """Every file the job writes into its output folder (the group of :func:`write_outputs`)."""
+    """Every file the job writes into its output folder (an :class:`OutputGroup`)."""
     names = []
     for tag in ("half1", "half2", "merged") if half_sets else ("merged",):
         names += [f"data_{tag}.mrc", f"weight_{tag}.mrc", f"{tag}.mrc"]
@@ -89,70 +88,79 @@ def finished(out_dir: Path, names: list[str]) -> bool:
     return all((out_dir / n).is_file() for n in names if n != "note.txt")
 
 
-def check_maps(maps: dict[str, dict[str, Any]]) -> None:
-    """A map with NaN or infinite voxels is never written: say so instead."""
-    for tag, m in maps.items():
-        bad = int(np.count_nonzero(~np.isfinite(m["final"])))
-        if bad:
-            raise InputError(
-                f"the {tag} map has {bad} non-finite voxels (NaN or infinity); nothing was "
-                "written: check the numeric values of the inputs"
-            )
+_MAP_NAMES = {"data": "data_{}", "weight": "weight_{}", "out": "{}_full", "final": "{}"}
 
 
-def write_outputs(
-    maps: dict[str, dict[str, Any]], params: ReconstructParams, inp: Inputs, out_dir: Path,
-    voxel_size: float, command: str | None = None,
-) -> dict[str, Path]:  # fmt: skip
-    """Write every output under a temporary name, then rename them all into place."""
-    from ..io.atomic import temp_name
-    from ..io.optimisation_set import OptimisationSet, optimisation_set_blocks
-    from ..io.star import write_star
-    from .relion import program_note_text
+class OutputGroup:
+    """The job's output files, each written under a temporary name as soon as it exists
+    and renamed into place with all the others by :meth:`commit` (or removed, on any
+    error or cancel, when the ``with`` block ends): a map is dropped once written."""
 
-    prepare_output_dir(out_dir)
-    files: dict[str, Path] = {}
-    staged: list[tuple[Path, Path]] = []
+    def __init__(self, params: ReconstructParams, out_dir: Path, voxel_size: float) -> None:
+        prepare_output_dir(out_dir)
+        self.params, self.out_dir, self.voxel_size = params, out_dir, voxel_size
+        self.staged: list[tuple[Path, Path]] = []
+        self.files: dict[str, Path] = {}
 
-    def stage(name: str, final: Path, writer: Callable[[Path], object]) -> None:
+    def __enter__(self) -> OutputGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for tmp, _ in self.staged:  # after commit() they are gone already
+            remove_quietly(tmp)
+
+    def stage(self, name: str, final: Path, writer: Callable[[Path], object]) -> None:
+        from ..io.atomic import temp_name
+
         tmp = temp_name(final)
-        staged.append((tmp, final))  # before writing: a failed write is removed too
+        self.staged.append((tmp, final))  # before writing: a failed write is removed too
         try:
             writer(tmp)
         except OSError as e:
             raise fault(final, e) from None
-        files[name] = final
+        self.files[name] = final
 
-    try:
-        for tag, m in maps.items():
-            for key, name in (
-                ("data", f"data_{tag}"), ("weight", f"weight_{tag}"),
-                ("full", f"{tag}_full"), ("final", tag),
-            ):  # fmt: skip
-                if m[key] is not None:
-                    stage(name, out_dir / f"{name}.mrc", _map_writer(m[key], voxel_size))
+    def add_map(self, tag: str, kind: str, vol: np.ndarray) -> None:
+        """Stage one map of :func:`~.finalise.finalise_steps` (``out`` only when cropping,
+        as ``<tag>_full``).  A final map with NaN or infinite voxels stops the job."""
+        if kind == "final":
+            bad = int(np.count_nonzero(~np.isfinite(vol)))
+            if bad:
+                raise InputError(
+                    f"the {tag} map has {bad} non-finite voxels (NaN or infinity); nothing "
+                    "was written: check the numeric values of the inputs"
+                )
+        if kind == "out" and not self.params.crops:
+            return
+        name = _MAP_NAMES[kind].format(tag)
+        self.stage(name, self.out_dir / f"{name}.mrc", _map_writer(vol, self.voxel_size))
+
+    def commit(self, inp: Inputs, half_sets: bool, command: str | None = None) -> dict[str, Path]:
+        """Stage the optimisation set and note, then rename every file into place."""
+        from ..io.optimisation_set import OptimisationSet, optimisation_set_blocks
+        from ..io.star import write_star
+        from .relion import program_note_text
+
         opt = inp.optimisation_set
         ref = OptimisationSet(
             particles=opt.particles, tomograms=opt.tomograms, trajectories=opt.trajectories
         )
-        written = Path(params.output_dir)  # as the user wrote it: relative to the project
-        if "half1" in maps:
+        written = Path(self.params.output_dir)  # as the user wrote it: relative to the project
+        if half_sets:
             ref.reference1 = str(written / "half1.mrc")
             ref.reference2 = str(written / "half2.mrc")
         else:
             ref.reference1 = str(written / "merged.mrc")
-        stage(
-            "optimisation_set", out_dir / "optimisation_set.star",
+        self.stage(
+            "optimisation_set", self.out_dir / "optimisation_set.star",
             lambda t: write_star(optimisation_set_blocks(ref), t, atomic=False),
         )  # fmt: skip
-        if not params.pipeline_control:  # RELION's pipeliner (or the widget) writes it then
+        if not self.params.pipeline_control:  # RELION's pipeliner (or the widget) writes it
             text = program_note_text(command or "")
-            stage("note", out_dir / "note.txt", lambda t: Path(t).write_text(text))
-        commit(staged)
-    finally:
-        for tmp, _ in staged:
-            remove_quietly(tmp)
-    return files
+            self.stage("note", self.out_dir / "note.txt", lambda t: Path(t).write_text(text))
+        commit(self.staged)
+        order = [Path(n).stem for n in output_names(self.params, half_sets)]
+        return {k: self.files[k] for k in order if k in self.files}
 
 
 def commit(staged: list[tuple[Path, Path]]) -> None:

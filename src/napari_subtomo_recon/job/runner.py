@@ -34,18 +34,17 @@ from .collaborators import (
     clear_checkpoints,
     comm_of,
 )
-from .finalise import finalise, finalise_steps
+from .finalise import finalise_steps, preview_map
 from .inputs import Inputs, input_files, load_inputs
 from .lock import JobLock
 from .outputs import (
-    check_maps,
+    OutputGroup,
     check_output_dir,
     check_outputs,
     finished,
     input_paths,
     output_names,
     prepare_output_dir,
-    write_outputs,
 )
 from .plan import (
     TomoPlan,
@@ -137,9 +136,11 @@ class Job:
         if self.params.no_recon or self.comm.rank != 0:
             result.elapsed = self._elapsed()
             return result
-        maps = yield from self.finalise(inp, plan, acc)
-        result.files = yield from self.write(inp, plan, maps)
-        self._fsc(result, maps)
+        with OutputGroup(self.params, self.out_dir, plan.voxel_size) as group:
+            halves = yield from self.finalise(inp, plan, acc, group)
+            del acc  # 3.2 GB at box 512: gone before the FSC's transforms
+            result.files = yield from self.write(inp, plan, group)
+        self._fsc(result, halves)
         result.elapsed = self._elapsed()
         yield self._progress(ev.Stage.DONE, plan, message="finished")
         return result
@@ -227,25 +228,31 @@ class Job:
                     ckpt.save(finished, acc.data, acc.weight)
         return acc
 
-    def finalise(self, inp: Inputs, plan: Plan, acc: Any) -> Events[dict[str, Any]]:
-        steps = finalise_steps(
-            acc.data, acc.weight, self.params, plan.voxel_size, inp.particles.has_half_sets,
-            plan.settings.threads,
-        )  # fmt: skip
-        while True:
-            try:
-                msg = next(steps)
-            except StopIteration as stop:
-                maps: dict[str, Any] = stop.value
-                break
-            yield self._progress(ev.Stage.FINALISING, plan, message=msg)
-        check_maps(maps)
-        return maps
+    def finalise(
+        self, inp: Inputs, plan: Plan, acc: Any, group: OutputGroup
+    ) -> Events[dict[str, np.ndarray]]:
+        """Every map staged in ``group`` as it is made; returns the half maps (float32,
+        the whole box, as written) for the FSC."""
+        halves: dict[str, np.ndarray] = {}
 
-    def write(self, inp: Inputs, plan: Plan, maps: dict[str, Any]) -> Events[dict[str, Path]]:
+        def emit(tag: str, kind: str, vol: np.ndarray) -> None:
+            if kind == "out" and tag != "merged":
+                halves[tag] = vol.astype(np.float32)
+            group.add_map(tag, kind, vol)
+
+        self.faults("finalise")
+        has_halves = inp.particles.has_half_sets
+        for msg in finalise_steps(
+            acc.data, acc.weight, self.params, plan.voxel_size, has_halves,
+            plan.settings.threads, emit,
+        ):  # fmt: skip
+            yield self._progress(ev.Stage.FINALISING, plan, message=msg)
+        return halves
+
+    def write(self, inp: Inputs, plan: Plan, group: OutputGroup) -> Events[dict[str, Path]]:
         yield self._progress(ev.Stage.WRITING, plan, message=f"writing maps to {self.out_dir}")
         self.faults("write")
-        files = write_outputs(maps, self.params, inp, self.out_dir, plan.voxel_size, self.command)
+        files = group.commit(inp, inp.particles.has_half_sets, self.command)
         if self.preview is not None:  # (before temp/ is removed, which must be empty)
             self.preview.remove()
         clear_checkpoints(self.out_dir / "temp")
@@ -280,10 +287,7 @@ class Job:
     def _maybe_preview(self, plan: Plan, acc: Any, half_sets: bool) -> Events[None]:
         if self.preview is None or not self.preview.due() or self.done == 0:
             return
-        D, W = acc.data.copy(), acc.weight.copy()
-        vol = finalise(
-            D, W, self.params, plan.voxel_size, False, plan.settings.threads, merged_only=True
-        )
+        vol = preview_map(acc.data, acc.weight, self.params, plan.voxel_size, plan.settings.threads)
         yield self.preview.publish(vol, plan.voxel_size, self.done, plan.total)
 
     def _checkpoints(self, inp: Inputs) -> Checkpoints | NoCheckpoints:
@@ -301,8 +305,8 @@ class Job:
         if ctl and Path(at(self.root, ctl), "RELION_JOB_ABORT_NOW").exists():
             raise Cancelled("aborted through RELION_JOB_ABORT_NOW")
 
-    def _fsc(self, result: ev.Result, maps: dict[str, Any]) -> None:
-        if "half1" not in maps:
+    def _fsc(self, result: ev.Result, halves: dict[str, np.ndarray]) -> None:
+        if "half1" not in halves:
             return
         empty = [h + 1 for h, n in enumerate(self._half_work) if n == 0]
         if empty:
@@ -313,7 +317,7 @@ class Job:
             return
         from ..core.fsc import fsc, resolution_at
 
-        result.fsc = fsc(maps["half1"]["out"], maps["half2"]["out"])
+        result.fsc = fsc(halves["half1"], halves["half2"])
         result.resolution_0143 = resolution_at(result.fsc, 0.143, result.voxel_size)
         result.resolution_05 = resolution_at(result.fsc, 0.5, result.voxel_size)
 
