@@ -3,7 +3,7 @@
 ``python -m napari_subtomo_recon.warmup`` reconstructs a tiny simulated data set along
 each path a job can take (fast path with and without pre-binning, RELION's exact path,
 symmetry, cropping) so that Numba compiles each kernel once and caches it.  On a fresh
-install that takes about 40 s on 2 cores; with a warm cache a few seconds.  The
+install that takes about 20 s on 2 cores; with a warm cache a few seconds.  The
 napari widget starts it in the background when it opens, so the first Run usually finds
 the cache warm.  It reports through :mod:`.events` like ``subtomo-recon``.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 from . import events as ev
 
-SECONDS_PER_KERNEL = 3.5  # measured: 12 kernels in 38-44 s on the 2-core reference machine
+SECONDS_PER_KERNEL = 1.7  # measured: 12 kernels in 19-21 s on the 2-core reference machine
 
 _CORE = ("extraction", "insertion", "reconstruction", "symmetrise")
 

@@ -338,7 +338,7 @@ def backproject(
                 Q = slice_matrices(B)
                 max_freq = np.full(nb, terms.x_ranges[f, 0], np.int64)
                 batch = SliceBatch(packed=packed, Q=Q, max_freq=max_freq, half=half64[sel])
-                insert_slices(batch, acc, single=not st.exact)
+                insert_slices(batch, acc, single=not st.exact, threads=st.threads)
                 del packed, chunks, batch
                 yield nb
     finally:

@@ -162,9 +162,11 @@ def _extract_windows(img: Float32Array, cx: Float64Array, cy: Float64Array, w: i
                 for k in range(w):
                     row[k] = src[min(max(ox + k, 0), W - 1)]
             dest = out[i, j - half if j >= half else j + w - half]
-            if not circle_crop:
-                dest[: w - half] = row[half:]
-                dest[w - half :] = row[:half]
+            if not circle_crop:  # loops: a slice copy compiles Numba's shape checks (~2 s)
+                for k in range(w - half):
+                    dest[k] = row[half + k]
+                for k in range(half):
+                    dest[w - half + k] = row[k]
                 continue
             dy = j - m - mdy[i]
             dy2 = dy * dy
@@ -418,8 +420,11 @@ def _finish_slices(F: Complex64Array, rows: Int64Array, ncols: int, inv_bin: flo
                 out[i, y, x, 1] = 0.0
                 out[i, y, x, 2] = 0.0
                 out[i, y, x, 3] = 0.0
-            out[i, y, sh] = out[i, y, sh - 2]
-        out[i, s] = out[i, 0]
+            for c in range(4):  # loops: slice copies compile Numba's shape checks
+                out[i, y, sh, c] = out[i, y, sh - 2, c]
+        for x in range(sh + 1):
+            for c in range(4):
+                out[i, s, x, c] = out[i, 0, x, c]
 
 
 def shift_factors(

@@ -17,11 +17,12 @@ path adds every sample to the double-precision accumulators directly.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from numpy.typing import ArrayLike, NDArray
 
 from .arraytypes import Complex128Array, Float32Array, Float64Array, Int64Array
@@ -29,7 +30,7 @@ from .arraytypes import Complex128Array, Float32Array, Float64Array, Int64Array
 PLANES_PER_BLOCK = 1
 
 # the planes the slice kernels add to: the accumulators (complex128, float64) or the
-# single-precision scratch of ``_insert_batch_single`` (complex64, float32)
+# single-precision scratch of ``_insert_blocks_single`` (complex64, float32)
 ComplexArray = NDArray[np.complexfloating]
 RealArray = NDArray[np.floating]
 
@@ -265,37 +266,39 @@ def _insert_block(S: Float32Array, Q: Float64Array, max_freq: Int64Array, half: 
                 insert_slice_planes(S[i], Q[i], max_freq[i], D[h], W[h], a0 + off, a1 - 1 + off, z0)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _insert_batch(S: Float32Array, Q: Float64Array, max_freq: Int64Array, half: Int64Array,
-                  D: Complex128Array, W: Float64Array, block: int, T: int) -> None:  # fmt: skip
-    """Insert the batch into D, W (2, s, s, sh): T threads, each owning every T-th block of
-    ``block`` z planes."""
+@njit(cache=True, nogil=True)
+def _insert_blocks(S: Float32Array, Q: Float64Array, max_freq: Int64Array, half: Int64Array,
+                   D: Complex128Array, W: Float64Array, block: int, t: int,
+                   T: int) -> None:  # fmt: skip
+    """Insert the batch into every T-th block of ``block`` z planes of D, W (2, s, s, sh),
+    starting at block t: one of T threads' share (:func:`insert_slices`)."""
     s = D.shape[1]
     nb = (s + block - 1) // block
-    for t in prange(T):
-        for b in range(t, nb, T):
-            _insert_block(
-                S, Q, max_freq, half, -1, D, W, b * block, min(s, b * block + block), 0, False
-            )
+    for b in range(t, nb, T):
+        _insert_block(
+            S, Q, max_freq, half, -1, D, W, b * block, min(s, b * block + block), 0, False
+        )
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=True)
-def _insert_batch_single(S: Float32Array, Q: Float64Array, max_freq: Int64Array,
-                         half: Int64Array, D: Complex128Array, W: Float64Array, block: int,
-                         T: int) -> None:  # fmt: skip
-    """``_insert_batch`` summing each block's share of the batch in single precision.
+@njit(cache=True, nogil=True, fastmath=True)
+def _insert_blocks_single(S: Float32Array, Q: Float64Array, max_freq: Int64Array,
+                          half: Int64Array, D: Complex128Array, W: Float64Array, block: int,
+                          t: int, T: int) -> None:  # fmt: skip
+    """``_insert_blocks`` summing each block's share of the batch in single precision.
 
-    Per thread, one half set's planes of the block are accumulated in complex64/float32
-    scratch (at box 256 ~0.4 MB per plane, which stays in L2 where the double-precision
-    plane of both halves, 1.6 MB, does not) and then added to the double-precision
-    accumulators.  Every voxel's sum over one batch is then rounded to float32
-    (relative ~1e-7); the fast path's maps do not depend on that (it agrees with the
-    exact path at FSC >= 0.997), RELION's path does not use it.
+    One half set's planes of the block are accumulated in complex64/float32 scratch (at
+    box 256 ~0.4 MB per plane, which stays in L2 where the double-precision plane of both
+    halves, 1.6 MB, does not) and then added to the double-precision accumulators.  Every
+    voxel's sum over one batch is then rounded to float32 (relative ~1e-7); the fast
+    path's maps do not depend on that (it agrees with the exact path at FSC >= 0.997),
+    RELION's path does not use it.
 
     Only the ball the batch can reach (radius max(max_freq), the disc test of
     :func:`_slice_planes`) is added, and zeroed again in the same pass: half the cube.
     The add streams the double-precision volume through memory once per batch; over the
     whole cube it cost ~45 ms per batch at box 256, ~20% of the insertion (docs/benchmarks.md).
+    The adds are written as loops: array expressions would compile Numba's
+    shape-checking and error-formatting code (~5 s of a cold start).
     """
     s = D.shape[1]
     wh = D.shape[3]
@@ -305,32 +308,41 @@ def _insert_batch_single(S: Float32Array, Q: Float64Array, max_freq: Int64Array,
     for i in range(S.shape[0]):
         counts[half[i]] += 1
         R = max(R, max_freq[i])
-    for t in prange(T):
-        # zero once: each block's insertion writes only the ball, which its add zeroes
-        Ds = np.zeros((2, block, s, wh), np.complex64)
-        Ws = np.zeros((2, block, s, wh), np.float32)
-        for b in range(t, nb, T):
-            i0 = b * block
-            i1 = min(s, i0 + block)
-            for hh in range(2):
-                if counts[hh] == 0:
+    # zeroed once: each block's insertion writes only the ball, which its add zeroes
+    Ds = np.zeros((2, block, s, wh), np.complex64)
+    Ws = np.zeros((2, block, s, wh), np.float32)
+    for b in range(t, nb, T):
+        i0 = b * block
+        i1 = min(s, i0 + block)
+        for hh in range(2):
+            if counts[hh] == 0:
+                continue
+            _insert_block(S, Q, max_freq, half, hh, Ds, Ws, i0, i1, i0, True)
+            for zi in range(i0, i1):
+                zz = zi if zi < s // 2 else zi - s
+                rz2 = R * R - zz * zz
+                if rz2 < 0:
                     continue
-                _insert_block(S, Q, max_freq, half, hh, Ds, Ws, i0, i1, i0, True)
-                for zi in range(i0, i1):
-                    zz = zi if zi < s // 2 else zi - s
-                    rz2 = R * R - zz * zz
-                    if rz2 < 0:
-                        continue
-                    rz = _isqrt(rz2)
-                    for yy in range(max(-rz, -(s // 2)), min(rz, s // 2 - 1) + 1):
-                        yi = yy + s if yy < 0 else yy
-                        xe = min(_isqrt(rz2 - yy * yy), wh - 1) + 1
-                        Dp = Ds[hh, zi - i0, yi]
-                        Wp = Ws[hh, zi - i0, yi]
-                        D[hh, zi, yi, :xe] += Dp[:xe]
-                        W[hh, zi, yi, :xe] += Wp[:xe]
-                        Dp[:xe] = 0
-                        Wp[:xe] = 0
+                rz = _isqrt(rz2)
+                for yy in range(max(-rz, -(s // 2)), min(rz, s // 2 - 1) + 1):
+                    yi = yy + s if yy < 0 else yy
+                    xe = min(_isqrt(rz2 - yy * yy), wh - 1) + 1
+                    k = zi - i0
+                    for x in range(xe):
+                        D[hh, zi, yi, x] += Ds[hh, k, yi, x]
+                        W[hh, zi, yi, x] += Ws[hh, k, yi, x]
+                        Ds[hh, k, yi, x] = 0
+                        Ws[hh, k, yi, x] = 0
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(T: int) -> ThreadPoolExecutor:
+    """A lasting pool of T threads for the insertion (made once per thread count)."""
+    if T not in _POOLS:
+        _POOLS[T] = ThreadPoolExecutor(T, thread_name_prefix="insert")
+    return _POOLS[T]
 
 
 def packed_slices(data: NDArray[np.complexfloating], weight: NDArray[np.floating]) -> Float32Array:
@@ -352,13 +364,13 @@ def packed_slices(data: NDArray[np.complexfloating], weight: NDArray[np.floating
     return S
 
 
-def insert_slices(
-    batch: SliceBatch, acc: Accumulators, *, block: int = PLANES_PER_BLOCK, single: bool = False
-) -> None:
+def insert_slices(batch: SliceBatch, acc: Accumulators, *, block: int = PLANES_PER_BLOCK,
+                  single: bool = False, threads: int | None = None) -> None:  # fmt: skip
     """Insert a batch of packed slices into the accumulators (2, s, s, s//2+1).
 
     ``block``: z planes per task.  ``single``: sum this batch in single precision before
-    adding it to the accumulators (faster; see ``_insert_batch_single``).
+    adding it to the accumulators (faster; see ``_insert_blocks_single``).  ``threads``:
+    how many threads share the planes (default: Numba's thread count).
     """
     S, Q, max_freq, half = batch.packed, batch.Q, batch.max_freq, batch.half
     D, W = acc.data, acc.weight
@@ -373,12 +385,17 @@ def insert_slices(
         )
     if len(Q) != n or len(max_freq) != n or len(half) != n or (n and np.max(half) > 1):
         raise ValueError("Q, max_freq and half need one entry per slice; half is 0 or 1")
-    kernel = _insert_batch_single if single else _insert_batch
-    kernel(
-        S, np.ascontiguousarray(Q, dtype=np.float64),
-        np.asarray(max_freq, np.int64), np.asarray(half, np.int64), D, W, block,
-        numba.get_num_threads(),
-    )  # fmt: skip
+    kernel = _insert_blocks_single if single else _insert_blocks
+    args = (S, np.ascontiguousarray(Q, dtype=np.float64), np.asarray(max_freq, np.int64),
+            np.asarray(half, np.int64), D, W, block)  # fmt: skip
+    # T threads own disjoint planes; Python threads running serial nogil kernels rather
+    # than a parallel Numba kernel, whose compilation took ~10 s of a cold start
+    T = min(threads if threads is not None else numba.get_num_threads(), (s + block - 1) // block)
+    if T <= 1:
+        kernel(*args, 0, 1)
+        return
+    for job in [_pool(T).submit(kernel, *args, t, T) for t in range(T)]:
+        job.result()
 
 
 def insert_slice(
