@@ -63,22 +63,58 @@ def _chord(dy2: float, rad2: float, c: float, w: int) -> tuple[int, int]:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _edge_pixel(dest: Float32Array, row: Float32Array, k: int, half: int, w: int, a: int, b: int,
-                ccx: float, dy2: float, rad: float, rad2: float, falloff: float,
-                mean_out: float) -> None:  # fmt: skip
-    # one pixel k of the window row ``row`` outside the inner circle, into ``dest``
-    # (the ifftshifted output row): zero outside the chord [a, b], else the cosine edge
-    kk = k - half if k >= half else k + w - half
-    if k < a or k > b:
-        dest[kk] = 0.0
-        return
+def _inner_chord(dy2: float, a: int, b: int, inner2: float, ccx: float,
+                 w: int) -> tuple[int, int]:  # fmt: skip
+    """Columns strictly inside the inner circle of a row whose chord is [a, b] (the plain
+    interior); none: (b + 1, b)."""
+    ia, ib = _chord(dy2, inner2, ccx, w)
+    while ia <= ib and (ia - ccx) * (ia - ccx) + dy2 >= inner2:
+        ia += 1
+    while ib >= ia and (ib - ccx) * (ib - ccx) + dy2 >= inner2:
+        ib -= 1
+    if ia > ib:
+        return b + 1, b
+    return ia, ib
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _edge_factors(ej: Float64Array, dy2: float, rad2: float, inner2: float, ccx: float, w: int,
+                  rad: float, falloff: float) -> None:  # fmt: skip
+    # the raised cosine for the row's ring pixels (chord minus interior), 0 on the circle
+    a, b = _chord(dy2, rad2, ccx, w)
+    ia, ib = _inner_chord(dy2, a, b, inner2, ccx, w)
+    for k in range(max(a, 0), ia):
+        ej[k] = _edge_factor(k, ccx, dy2, rad, rad2, falloff)
+    for k in range(ib + 1, min(b, w - 1) + 1):
+        ej[k] = _edge_factor(k, ccx, dy2, rad, rad2, falloff)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _edge_factor(k: int, ccx: float, dy2: float, rad: float, rad2: float, falloff: float) -> float:
     dx = k - ccx
     r2 = dx * dx + dy2
     if r2 < rad2:
-        c = 0.5 - 0.5 * math.cos(math.pi * (rad - math.sqrt(r2)) / falloff)
-        dest[kk] = np.float32(c * (row[k] - mean_out))
-    else:
-        dest[kk] = 0.0
+        return 0.5 - 0.5 * math.cos(math.pi * (rad - math.sqrt(r2)) / falloff)
+    return 0.0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put_run(dest: Float32Array, row: Float32Array, k0: int, k1: int, half: int, w: int,
+             mean_out: float) -> None:  # fmt: skip
+    # row[k] - mean for k in [k0, k1] into the ifftshifted ``dest``: two straight runs
+    # (the shift splits at half), which the compiler vectorises
+    for k in range(k0, min(k1, half - 1) + 1):
+        dest[k + w - half] = np.float32(row[k] - mean_out)
+    for k in range(max(k0, half), k1 + 1):
+        dest[k - half] = np.float32(row[k] - mean_out)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _zero_run(dest: Float32Array, k0: int, k1: int, half: int, w: int) -> None:
+    for k in range(k0, min(k1, half - 1) + 1):
+        dest[k + w - half] = 0.0
+    for k in range(max(k0, half), k1 + 1):
+        dest[k - half] = 0.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -131,24 +167,41 @@ def _extract_windows(img: Float32Array, cx: Float64Array, cy: Float64Array, w: i
     rad = m
     inner2 = (rad - falloff) ** 2 if rad > falloff else -1.0
     rad2 = rad * rad
+    clamped = np.empty(w, np.float32)  # one window row, clamped at the image edges
+    # the cosine edge's factors for every pixel of the ring, kept while the circle's
+    # offset stays the same (always on RELION's path): a cosine and a square root per
+    # ring pixel were a third of the cut-out
+    edge = np.zeros((w, w))
+    edge_dx = edge_dy = np.nan
     for i in range(n):
         ox = int(_c_round(cx[i])) - half
         oy = int(_c_round(cy[i])) - half
-        clamped = np.empty(w, np.float32)  # one window row, clamped at the image edges
         ccx = m + mdx[i]
+        if circle_crop and not (mdx[i] == edge_dx and mdy[i] == edge_dy):
+            edge_dx, edge_dy = mdx[i], mdy[i]
+            for j in range(w):
+                dy = j - m - mdy[i]
+                _edge_factors(edge[j], dy * dy, rad2, inner2, ccx, w, rad, falloff)
         mean_out = 0.0
         if circle_crop:
             acc = 0.0
             cnt = 0
+            within = ox >= 0 and ox + w <= W
             for j in range(w):
                 src = img[min(max(oy + j, 0), H - 1)]
                 dy = j - m - mdy[i]
                 a, b = _chord(dy * dy, rad2, ccx, w)
                 # pixels outside the circle: left of a and right of b
-                for k in range(0, min(a, w)):
-                    acc += src[min(max(ox + k, 0), W - 1)]
-                for k in range(max(b + 1, 0), w):
-                    acc += src[min(max(ox + k, 0), W - 1)]
+                if within:  # no clamping: straight sums
+                    for k in range(0, min(a, w)):
+                        acc += src[ox + k]
+                    for k in range(max(b + 1, 0), w):
+                        acc += src[ox + k]
+                else:
+                    for k in range(0, min(a, w)):
+                        acc += src[min(max(ox + k, 0), W - 1)]
+                    for k in range(max(b + 1, 0), w):
+                        acc += src[min(max(ox + k, 0), W - 1)]
                 cnt += min(a, w) + w - max(b + 1, 0)
             if cnt > 0:
                 mean_out = acc / cnt
@@ -172,21 +225,18 @@ def _extract_windows(img: Float32Array, cx: Float64Array, cy: Float64Array, w: i
             dy2 = dy * dy
             a, b = _chord(dy2, rad2, ccx, w)
             # columns strictly inside the inner circle: the plain interior, no tests
-            ia, ib = _chord(dy2, inner2, ccx, w)
-            while ia <= ib and (ia - ccx) * (ia - ccx) + dy2 >= inner2:
-                ia += 1
-            while ib >= ia and (ib - ccx) * (ib - ccx) + dy2 >= inner2:
-                ib -= 1
-            if ia > ib:  # no interior on this row: the edge test covers [a, b]
-                ia, ib = b + 1, b
-            for k in range(ia, ib + 1):
-                kk = k - half if k >= half else k + w - half
-                dest[kk] = np.float32(row[k] - mean_out)
+            ia, ib = _inner_chord(dy2, a, b, inner2, ccx, w)
+            _put_run(dest, row, ia, ib, half, w, mean_out)
             # the rest: zero outside [a, b], the cosine edge in between
-            for k in range(0, ia):
-                _edge_pixel(dest, row, k, half, w, a, b, ccx, dy2, rad, rad2, falloff, mean_out)
-            for k in range(ib + 1, w):
-                _edge_pixel(dest, row, k, half, w, a, b, ccx, dy2, rad, rad2, falloff, mean_out)
+            _zero_run(dest, 0, min(a, ia) - 1, half, w)
+            _zero_run(dest, max(b + 1, ib + 1), w - 1, half, w)
+            ej = edge[j]
+            for k in range(max(a, 0), ia):
+                kk = k - half if k >= half else k + w - half
+                dest[kk] = np.float32(ej[k] * (row[k] - mean_out))
+            for k in range(ib + 1, min(b, w - 1) + 1):
+                kk = k - half if k >= half else k + w - half
+                dest[kk] = np.float32(ej[k] * (row[k] - mean_out))
 
 
 def window_origins(cx: ArrayLike, cy: ArrayLike, w: int) -> tuple[Float64Array, Float64Array]:
