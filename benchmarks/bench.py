@@ -67,11 +67,17 @@ TILT_AXIS = 85.0  # rlnTomoZRot, degrees
 Z_HALF_RANGE_A = 1500.0  # particles at |z| ≤ 150 nm from the tomogram centre
 TUTORIAL_PARTICLE_TILTS = 1.25e6  # the tutorial's bin-6 reconstruct job
 
+# the tutorial's three stages (bin6, bin2, bin1) and two smaller boxes where the fixed
+# per-tilt work weighs most (issue #17's measurements)
 CONFIGS = {
     "bin6": ["--b", "192", "--crop", "96", "--bin", "6", "--sym", "C6"],
     "bin2": ["--b", "256", "--crop", "128", "--bin", "2"],
+    "bin1": ["--b", "512", "--crop", "192", "--bin", "1"],
+    "bin6s": ["--b", "96", "--crop", "48", "--bin", "6", "--sym", "C6"],
+    "bin2s": ["--b", "128", "--bin", "2"],
 }
-CONFIG_BOX = {"bin6": 192, "bin2": 256}
+CONFIG_BOX = {"bin6": 192, "bin2": 256, "bin1": 512, "bin6s": 96, "bin2s": 128}
+CONFIG_ORDER = {c: i for i, c in enumerate(CONFIGS)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -717,6 +723,46 @@ def _machine() -> dict:
     return m
 
 
+def compare_maps(ref: Path, new: Path) -> dict[str, float]:
+    """Relative RMS difference of every map the two job folders share."""
+    import mrcfile
+
+    out = {}
+    for f in sorted(ref.glob("*.mrc")):
+        if (new / f.name).exists():
+            a = mrcfile.read(f).astype(np.float64)
+            b = mrcfile.read(new / f.name).astype(np.float64)
+            out[f.stem] = float(np.sqrt(((a - b) ** 2).sum() / max((a**2).sum(), 1e-300)))
+    return out
+
+
+def cold_start(root: Path, env: dict, repeat: int) -> list[dict]:
+    """The README's demo (``subtomo-recon-demo``) on an empty Numba cache, then again on
+    the cache it filled; compilation = the difference.  Rounds alternate cold and warm."""
+    rounds = []
+    for k in range(repeat):
+        cache = root / "runs" / f"numba_cache_cold{k}"
+        shutil.rmtree(cache, ignore_errors=True)
+        e = dict(env, NUMBA_CACHE_DIR=str(cache))
+        rec = {}
+        for phase in ("cold", "warm"):
+            demo = root / "runs" / f"demo_{phase}{k}"
+            shutil.rmtree(demo, ignore_errors=True)
+            wait_quiet(300)
+            cmd = [sys.executable, "-m", "napari_subtomo_recon.demo", str(demo)]
+            m = measure(cmd, root, e, root / "runs" / "logs" / f"demo_{phase}{k}.log", None)
+            rec[f"{phase}_s"] = round(m["wall_s"], 2)
+            rec[f"{phase}_rc"] = m["returncode"]
+            rec[f"{phase}_other_cores"] = round(m["other_cores"], 2)
+            shutil.rmtree(demo, ignore_errors=True)
+        rec["compile_s"] = round(rec["cold_s"] - rec["warm_s"], 2)
+        shutil.rmtree(cache, ignore_errors=True)
+        print(f"demo: cold {rec['cold_s']} s, warm {rec['warm_s']} s -> compiling "
+              f"{rec['compile_s']} s", flush=True)  # fmt: skip
+        rounds.append(rec)
+    return rounds
+
+
 def cmd_run(a) -> int:
     root = Path(a.dir).resolve()
     if not (root / "optimisation_set.star").exists():
@@ -730,8 +776,14 @@ def cmd_run(a) -> int:
         if c not in CONFIGS:
             print(f"error: unknown config {c} (known: {', '.join(CONFIGS)})", file=sys.stderr)
             return 1
-    default = ["ours"] + (["ours-exact"] if a.exact else []) + (["relion"] if a.relion else [])
+    default = (
+        ["ours"] + (["ours-mem"] if a.mem_check else []) + (["ours-exact"] if a.exact else [])
+        + (["relion"] if a.relion else [])
+    )  # fmt: skip
     programs = [p for p in a.programs.split(",") if p] if a.programs else default
+    if "ours-mem" in programs and not a.mem_check:
+        print("error: --programs ours-mem needs --mem-check GB", file=sys.stderr)
+        return 1
     if "relion" in programs and not a.relion:
         print("error: --programs relion needs --relion PATH", file=sys.stderr)
         return 1
@@ -796,7 +848,7 @@ def cmd_run(a) -> int:
     print(f"data: {root}  ({subset_note})")
     print(f"machine: {results['machine']}")
     print(f"versions: {results['versions']}")
-    ours_progs = [p for p in programs if p != "relion"]
+    ours_progs = [p for p in programs if p not in ("relion", "ours-mem")]
     if ours_progs and not a.no_warmup:
         # Unmeasured runs with two particles fill Numba's compile cache (a one-off cost per
         # installation, not per job).  Two particles are too few for binning a whole tilt to
@@ -852,6 +904,8 @@ def cmd_run(a) -> int:
                 ]
                 if prog == "ours-exact":
                     flags.append("--exact")
+                if prog == "ours-mem":
+                    flags += ["--mem", f"{a.mem_check:g}"]
                 exe = [relion] if prog == "relion" else ours
                 shown = [Path(relion).name if prog == "relion" else "subtomo-recon", *flags]
                 cmd = [*exe, *flags]
@@ -927,10 +981,28 @@ def cmd_run(a) -> int:
                 )
                 if not ok:
                     print("  log tail:\n    " + "\n    ".join(rec["error_tail"]))
-                if not a.keep_outputs:
+                if prog == "ours-mem" and ok:
+                    # the capped run's maps against the uncapped run of the same round
+                    ref = root / "runs" / tag.replace("_ours-mem_", "_ours_")
+                    rec["cap_bytes"] = int(a.mem_check * 2**30)
+                    rec["maps_vs_ours"] = compare_maps(ref, root / out_rel)
+                    worst = max(rec["maps_vs_ours"].values(), default=float("nan"))
+                    print(
+                        f"  maps against {ref.name}: worst relative RMS {worst:.2g}; peak "
+                        f"{rec['peak_rss'] / rec['cap_bytes']:.2f} of the cap",
+                        flush=True,
+                    )
+                keep = a.keep_outputs or (prog == "ours" and "ours-mem" in programs)
+                if not keep:
                     shutil.rmtree(root / out_rel, ignore_errors=True)
                 out_path.parent.mkdir(parents=True, exist_ok=True)
                 out_path.write_text(json.dumps(results, indent=1))
+    if a.cold_start:
+        results["cold_start"] = cold_start(root, env, a.cold_start)
+        out_path.write_text(json.dumps(results, indent=1))
+    if "ours-mem" in programs and not a.keep_outputs:
+        for d in (root / "runs").glob("*_ours_*"):
+            shutil.rmtree(d, ignore_errors=True)
     print()
     print(render_table(results["runs"]))
     print(f"\nresults: {out_path}")
@@ -943,6 +1015,7 @@ def cmd_run(a) -> int:
 
 PROGRAM_NAMES = {
     "ours": "subtomo-recon",
+    "ours-mem": "subtomo-recon --mem",
     "ours-exact": "subtomo-recon --exact",
     "relion": "RELION 5",
 }
@@ -971,11 +1044,10 @@ def render_table(runs: list[dict]) -> str:
         "| others (cores) |"
     )
     lines = [hdr, "|" + "---|" * 13]
-    order = {"bin6": 0, "bin2": 1}
-    prog_order = {"ours": 0, "ours-exact": 1, "relion": 2}
+    prog_order = {"ours": 0, "ours-mem": 1, "ours-exact": 2, "relion": 3}
 
     def sort_key(r):
-        return (order.get(r["config"], 9), r["particles"], r["mpi"], r["threads"],
+        return (CONFIG_ORDER.get(r["config"], 9), r["particles"], r["mpi"], r["threads"],
                 prog_order.get(r["program"], 9))  # fmt: skip
 
     for r in sorted(runs, key=sort_key):
@@ -1047,7 +1119,7 @@ def render_report(results: list[dict]) -> str:
         if r.get("throughput"):
             by.setdefault(_key(r), {}).setdefault(r["program"], []).append(r)
     rows = []
-    for k in sorted(by, key=lambda k: ({"bin6": 0, "bin2": 1}.get(k[0], 9), k[3], k[2], k[1])):
+    for k in sorted(by, key=lambda k: (CONFIG_ORDER.get(k[0], 9), k[3], k[2], k[1])):
         rel_runs = by[k].get("relion")
         if not rel_runs:
             continue
@@ -1093,6 +1165,39 @@ def render_report(results: list[dict]) -> str:
         out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         out += rows
         out.append("")
+    capped = [r for r in runs if r["program"] == "ours-mem" and r.get("cap_bytes")]
+    if capped:
+        out.append(
+            "`--mem`: the capped runs' peak resident memory against the cap, and their maps "
+            "against the uncapped run of the same round (relative RMS difference, worst map "
+            "of all written, `*_full`, `data_*` and `weight_*` included):"
+        )
+        out.append("")
+        out.append("| config | --j | particles | cap (GiB) | peak RSS (GiB) | peak / cap "
+                   "| worst map difference |")  # fmt: skip
+        out.append("|---|---|---|---|---|---|---|")
+        for r in sorted(capped, key=lambda r: (CONFIG_ORDER.get(r["config"], 9), r["particles"])):
+            worst = max(r.get("maps_vs_ours", {}).values(), default=float("nan"))
+            out.append(
+                f"| {r['config']} | {r['threads']} | {r['particles']} | {_gib(r['cap_bytes'])} | "
+                f"{_gib(r['peak_rss'])} | {r['peak_rss'] / r['cap_bytes']:.2f} | {worst:.2g} |"
+            )
+        out.append("")
+    cold = [c for res in results for c in res.get("cold_start", [])]
+    if cold:
+        out.append(
+            "Cold start: the README's demo (`python -m napari_subtomo_recon.demo DIR`) on an "
+            "empty Numba cache, then on the cache it filled; compilation = the difference:"
+        )
+        out.append("")
+        out.append("| round | empty cache (s) | warm cache (s) | compiling (s) |")
+        out.append("|---|---|---|---|")
+        for i, c in enumerate(cold):
+            cs, ws, comp = c["cold_s"], c["warm_s"], c["compile_s"]
+            out.append(f"| {i + 1} | {cs:.1f} | {ws:.1f} | {comp:.1f} |")
+        med = statistics.median(c["compile_s"] for c in cold)
+        out.append(f"| median | | | **{med:.1f}** |")
+        out.append("")
     # Marginal throughput from two subset sizes of the same program/config/threads: separates
     # the fixed cost (start-up, reading stacks, reconstruction) from the per-particle-tilt cost.
     groups: dict[tuple, list[dict]] = {}
@@ -1108,8 +1213,9 @@ def render_report(results: list[dict]) -> str:
             fixed = lo["wall_s"] - lo["particle_tilts"] / rate
             marg[k] = (rate, fixed, lo, hi)
     ext = []
-    prog_order = {"ours": 0, "ours-exact": 1, "relion": 2}
-    for k in sorted(groups, key=lambda k: (k[1] != "bin6", prog_order.get(k[0], 9), k[3], k[2])):
+    prog_order = {"ours": 0, "ours-mem": 1, "ours-exact": 2, "relion": 3}
+    for k in sorted(groups, key=lambda k: (CONFIG_ORDER.get(k[1], 9), prog_order.get(k[0], 9),
+                                           k[3], k[2])):  # fmt: skip
         best = max(groups[k], key=lambda r: r["particle_tilts"])
         naive = TUTORIAL_PARTICLE_TILTS / best["throughput"]
         if k in marg:
@@ -1212,7 +1318,16 @@ def main(argv: list[str] | None = None) -> int:
         help="use only the first K tomograms, with all their particles (full density)",
     )  # fmt: skip
     r.add_argument("--exact", action="store_true", help="also run subtomo-recon --exact")
-    r.add_argument("--programs", default="", help="explicit list: ours,ours-exact,relion")
+    r.add_argument(
+        "--mem-check", type=float, default=0.0, metavar="GB",
+        help="also run subtomo-recon --mem GB (program ours-mem): its peak against the cap "
+        "and its maps against the uncapped run's",
+    )  # fmt: skip
+    r.add_argument(
+        "--cold-start", type=int, default=0, metavar="N",
+        help="also time the README's demo N times on an empty Numba cache and on a warm one",
+    )  # fmt: skip
+    r.add_argument("--programs", default="", help="explicit list: ours,ours-mem,ours-exact,relion")
     r.add_argument("--mpi", type=int, default=0, help="run both under mpirun -n N")
     r.add_argument(
         "--ours", default="", help="command for subtomo-recon [python -m napari_subtomo_recon]"

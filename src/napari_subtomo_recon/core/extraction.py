@@ -62,7 +62,7 @@ def _chord(dy2: float, rad2: float, c: float, w: int) -> tuple[int, int]:
     return a, b
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _inner_chord(dy2: float, a: int, b: int, inner2: float, ccx: float,
                  w: int) -> tuple[int, int]:  # fmt: skip
     """Columns strictly inside the inner circle of a row whose chord is [a, b] (the plain
@@ -77,7 +77,7 @@ def _inner_chord(dy2: float, a: int, b: int, inner2: float, ccx: float,
     return ia, ib
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _edge_factors(ej: Float64Array, dy2: float, rad2: float, inner2: float, ccx: float, w: int,
                   rad: float, falloff: float) -> None:  # fmt: skip
     # the raised cosine for the row's ring pixels (chord minus interior), 0 on the circle
@@ -89,7 +89,7 @@ def _edge_factors(ej: Float64Array, dy2: float, rad2: float, inner2: float, ccx:
         ej[k] = _edge_factor(k, ccx, dy2, rad, rad2, falloff)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _edge_factor(k: int, ccx: float, dy2: float, rad: float, rad2: float, falloff: float) -> float:
     dx = k - ccx
     r2 = dx * dx + dy2
@@ -98,7 +98,7 @@ def _edge_factor(k: int, ccx: float, dy2: float, rad: float, rad2: float, fallof
     return 0.0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _put_run(dest: Float32Array, row: Float32Array, k0: int, k1: int, half: int, w: int,
              mean_out: float) -> None:  # fmt: skip
     # row[k] - mean for k in [k0, k1] into the ifftshifted ``dest``: two straight runs
@@ -109,7 +109,7 @@ def _put_run(dest: Float32Array, row: Float32Array, k0: int, k1: int, half: int,
         dest[k - half] = np.float32(row[k] - mean_out)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _zero_run(dest: Float32Array, k0: int, k1: int, half: int, w: int) -> None:
     for k in range(k0, min(k1, half - 1) + 1):
         dest[k + w - half] = 0.0
