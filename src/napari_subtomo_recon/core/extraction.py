@@ -246,12 +246,10 @@ def window_origins(cx: ArrayLike, cy: ArrayLike, w: int) -> tuple[Float64Array, 
     return c_round(cx) - (w // 2), c_round(cy) - (w // 2)
 
 
-@njit(cache=True, nogil=True)
 def crop_rows(h0: int, h1: int) -> Int64Array:
     """Rows of an FFTW half-complex array of height h0 kept when cropping to height h1."""
-    rows = np.empty(h1, np.int64)
-    for y in range(h1):
-        rows[y] = y if y < h1 // 2 else y - h1 + h0
+    y = np.arange(h1, dtype=np.int64)
+    rows: Int64Array = np.where(y < h1 // 2, y, y - h1 + h0)
     return rows
 
 

@@ -103,24 +103,23 @@ def _half_radius_lookup(s: int) -> tuple[Int32Array, Int64Array, Float64Array]:
     return r2, r0, r - r0
 
 
-@njit(cache=True, nogil=True)
 def _radial_sums(Wt: Float64Array, r2: Int32Array, r0t: Int64Array, ft: Float64Array,
                  sh: int) -> tuple[Float64Array, Float64Array]:  # fmt: skip
-    avg = np.zeros(sh)
-    wgh = np.zeros(sh)
+    """Linear-interpolation sums per shell, plane by plane (a Numba loop cost ~0.6 s to
+    compile for a step that takes milliseconds)."""
+    avg = np.zeros(sh + 1)
+    wgh = np.zeros(sh + 1)
     for z in range(Wt.shape[0]):
-        for y in range(Wt.shape[1]):
-            for x in range(Wt.shape[2]):
-                k = r2[z, y, x]
-                i = r0t[k]
-                f = ft[k]
-                if i < sh:
-                    avg[i] += (1 - f) * Wt[z, y, x]
-                    wgh[i] += 1 - f
-                if i + 1 < sh:
-                    avg[i + 1] += f * Wt[z, y, x]
-                    wgh[i + 1] += f
-    return avg, wgh
+        k = r2[z].ravel()
+        i = np.minimum(r0t[k], sh)  # shells from sh on are dropped (the extra bin)
+        f = ft[k]
+        w = Wt[z].ravel()
+        avg += np.bincount(i, (1 - f) * w, minlength=sh + 1)[: sh + 1]
+        wgh += np.bincount(i, 1 - f, minlength=sh + 1)[: sh + 1]
+        i1 = np.minimum(i + 1, sh)
+        avg += np.bincount(i1, f * w, minlength=sh + 1)[: sh + 1]
+        wgh += np.bincount(i1, f, minlength=sh + 1)[: sh + 1]
+    return avg[:sh], wgh[:sh]
 
 
 def radial_average_half(Wt: NDArray[np.floating]) -> Float64Array:
