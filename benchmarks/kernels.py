@@ -35,7 +35,8 @@ def _random_rotations(n: int, rng) -> np.ndarray:
     ).transpose(2, 0, 1)
 
 
-def insertion(box: int, n: int, threads: int, reps: int, batches: list[int]) -> None:
+def insertion(box: int, n: int, threads: int, reps: int, batches: list[int],
+              block: int = 1) -> None:  # fmt: skip
     import numba
 
     from napari_subtomo_recon.core.insertion import (
@@ -71,7 +72,7 @@ def insertion(box: int, n: int, threads: int, reps: int, batches: list[int]) -> 
             for b in batches:
                 t0 = time.perf_counter()
                 for a in range(0, n, b):
-                    insert_slices(batch(slice(a, a + b)), acc, single=single)
+                    insert_slices(batch(slice(a, a + b)), acc, single=single, block=block)
                 times.setdefault((single, b), []).append((time.perf_counter() - t0) / n * 1e3)
     voxels = []
     for i in range(min(n, 20)):  # voxels touched: nonzero weights of one slice alone
@@ -183,6 +184,7 @@ def main() -> None:
     a.add_argument("--threads", type=int, default=1)
     a.add_argument("--reps", type=int, default=3)
     a.add_argument("--batches", default="128,1024", help="slices per insertion pass, compared")
+    a.add_argument("--block", type=int, default=1, help="z planes per slice pass [1]")
     b = sub.add_parser("windows")
     b.add_argument("--window", type=int, default=288)
     b.add_argument("--cols", type=int, default=97)
@@ -195,7 +197,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.cmd == "insertion":
         batches = [int(b) for b in args.batches.split(",")]
-        insertion(args.box, args.slices, args.threads, args.reps, batches)
+        insertion(args.box, args.slices, args.threads, args.reps, batches, args.block)
     elif args.cmd == "finish":
         finish(args.box, args.window, args.reps)
     else:

@@ -156,6 +156,33 @@ def extract_windows(
 
 
 @njit(cache=True, nogil=True)
+def _outside_mean(img: Float32Array, ox: int, oy: int, w: int, m: float, mdy: float,
+                  rad2: float, ccx: float) -> float:  # fmt: skip
+    """Mean of the window's pixels outside the circle (clamped at the image edges)."""
+    H, W = img.shape
+    acc = 0.0
+    cnt = 0
+    within = ox >= 0 and ox + w <= W
+    for j in range(w):
+        src = img[min(max(oy + j, 0), H - 1)]
+        dy = j - m - mdy
+        a, b = _chord(dy * dy, rad2, ccx, w)
+        # pixels outside the circle: left of a and right of b
+        if within:  # no clamping: straight sums
+            for k in range(0, min(a, w)):
+                acc += src[ox + k]
+            for k in range(max(b + 1, 0), w):
+                acc += src[ox + k]
+        else:
+            for k in range(0, min(a, w)):
+                acc += src[min(max(ox + k, 0), W - 1)]
+            for k in range(max(b + 1, 0), w):
+                acc += src[min(max(ox + k, 0), W - 1)]
+        cnt += min(a, w) + w - max(b + 1, 0)
+    return acc / cnt if cnt > 0 else 0.0
+
+
+@njit(cache=True, nogil=True)
 def _extract_windows(img: Float32Array, cx: Float64Array, cy: Float64Array, w: int,
                      circle_crop: bool, out: Float32Array, falloff: float, mdx: Float64Array,
                      mdy: Float64Array) -> None:  # fmt: skip
@@ -182,29 +209,7 @@ def _extract_windows(img: Float32Array, cx: Float64Array, cy: Float64Array, w: i
             for j in range(w):
                 dy = j - m - mdy[i]
                 _edge_factors(edge[j], dy * dy, rad2, inner2, ccx, w, rad, falloff)
-        mean_out = 0.0
-        if circle_crop:
-            acc = 0.0
-            cnt = 0
-            within = ox >= 0 and ox + w <= W
-            for j in range(w):
-                src = img[min(max(oy + j, 0), H - 1)]
-                dy = j - m - mdy[i]
-                a, b = _chord(dy * dy, rad2, ccx, w)
-                # pixels outside the circle: left of a and right of b
-                if within:  # no clamping: straight sums
-                    for k in range(0, min(a, w)):
-                        acc += src[ox + k]
-                    for k in range(max(b + 1, 0), w):
-                        acc += src[ox + k]
-                else:
-                    for k in range(0, min(a, w)):
-                        acc += src[min(max(ox + k, 0), W - 1)]
-                    for k in range(max(b + 1, 0), w):
-                        acc += src[min(max(ox + k, 0), W - 1)]
-                cnt += min(a, w) + w - max(b + 1, 0)
-            if cnt > 0:
-                mean_out = acc / cnt
+        mean_out = _outside_mean(img, ox, oy, w, m, mdy[i], rad2, ccx) if circle_crop else 0.0
         inside = ox >= 0 and ox + w <= W
         for j in range(w):
             src = img[min(max(oy + j, 0), H - 1)]
