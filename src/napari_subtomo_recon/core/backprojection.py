@@ -157,10 +157,13 @@ class _Mode:
         return cls(num, den, win, factor, crop, 2 * (ncols - 1), chunk)
 
     def pays_off(self, particles: int, image_shape: tuple[int, ...], relion: _Mode) -> bool:
-        """Binning the whole tilt (~1.3 window pixels' work per image pixel, measured)
-        pays off when it saves more window pixels than that over this tilt's particles."""
+        """Binning the whole tilt pays off when it saves more window pixels over this
+        tilt's particles than ~3.5 per image pixel.  Measured at --j 2 on 3710x3838 tilts
+        with 990 particles each (docs/benchmarks.md): bin 2, box 256 binned 60.5 s, not
+        64.9 s; box 128 binned 21.3 s, not 17.9 s; the break-even fitted to both is 3.8
+        (it was 1.3 before the window cut-out became 2x faster)."""
         saved = particles * (relion.win**2 - self.win**2)
-        return saved > 1.3 * (image_shape[0] + relion.win) * (image_shape[1] + relion.win)
+        return saved > 3.5 * (image_shape[0] + relion.win) * (image_shape[1] + relion.win)
 
 
 @dataclass(frozen=True, kw_only=True)
