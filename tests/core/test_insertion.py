@@ -173,3 +173,28 @@ def test_batch_equals_slice_by_slice_for_any_threads_and_blocks(block, single):
 def test_axis_aligned_and_degenerate_normals_match_reference(B):
     # zero and near-zero normal components take the kernel's special cases
     assert_matches_reference(np.random.default_rng(3), B, 6, min_voxels=60)
+
+
+def test_exact_and_fast_builds_are_kept_apart_in_numba_cache(tmp_path):
+    """One body compiled twice (strict and fast math): if both builds shared a cache
+    entry, the exact path could load the fast one from a warm cache."""
+    from napari_subtomo_recon.core import insertion
+
+    exact, fast = insertion.insert_slice_planes, insertion._insert_slice_planes_fast
+    assert exact.py_func.__code__ is fast.py_func.__code__
+    assert not exact.targetoptions.get("fastmath") and fast.targetoptions["fastmath"]
+    assert exact._cache._cache_file._index_path != fast._cache._cache_file._index_path
+    # both builds run and agree (fast math may round differently)
+    rng = np.random.default_rng(3)
+    s = 16
+    data = rng.normal(size=(s, s // 2 + 1)) + 1j * rng.normal(size=(s, s // 2 + 1))
+    weight = rng.uniform(0.5, 1, (s, s // 2 + 1))
+    S = packed_slices(data[None], weight[None])[0]
+    Q = slice_matrices(euler_matrix(*rng.uniform(-180, 180, 3))[None])[0]
+    out = {}
+    for name, k in (("exact", exact), ("fast", fast)):
+        D = np.zeros((s, s, s // 2 + 1), np.complex128)
+        W = np.zeros((s, s, s // 2 + 1))
+        k(S, Q, s // 2, D, W, -(s // 2), s // 2 - 1, 0)
+        out[name] = D
+    np.testing.assert_allclose(out["fast"], out["exact"], rtol=1e-5, atol=1e-5)
