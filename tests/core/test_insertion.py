@@ -175,7 +175,7 @@ def test_axis_aligned_and_degenerate_normals_match_reference(B):
     assert_matches_reference(np.random.default_rng(3), B, 6, min_voxels=60)
 
 
-def test_exact_and_fast_builds_are_kept_apart_in_numba_cache(tmp_path):
+def test_exact_and_fast_builds_are_kept_apart_in_numba_cache():
     """One body compiled twice (strict and fast math): if both builds shared a cache
     entry, the exact path could load the fast one from a warm cache."""
     from napari_subtomo_recon.core import insertion
