@@ -103,24 +103,41 @@ def _edge_factor(k: int, ccx: float, dy2: float, rad: float, rad2: float, fallof
 def _put_run(dest: Float32Array, row: Float32Array, k0: int, k1: int, half: int, w: int,
              mean_out: float) -> None:  # fmt: skip
     # row[k] - mean for k in [k0, k1] into the ifftshifted ``dest``: two straight runs
-    # (the shift splits at half), which the compiler vectorises
-    for k in range(k0, min(k1, half - 1) + 1):
-        dest[k + w - half] = np.float32(row[k] - mean_out)
-    for k in range(max(k0, half), k1 + 1):
-        dest[k - half] = np.float32(row[k] - mean_out)
+    # (the shift splits at half).  Written over views from index 0: with offset indices
+    # (dest[k + w - half]) Numba's negative-index handling kept the compiler from
+    # vectorising, 3x slower
+    a, b = k0, min(k1, half - 1) + 1
+    if b > a:
+        d = dest[a + w - half : b + w - half]
+        r = row[a:b]
+        for k in range(b - a):
+            d[k] = np.float32(r[k] - mean_out)
+    a, b = max(k0, half), k1 + 1
+    if b > a:
+        d = dest[a - half : b - half]
+        r = row[a:b]
+        for k in range(b - a):
+            d[k] = np.float32(r[k] - mean_out)
 
 
 @njit(cache=True, nogil=True)
 def _zero_outside(dest: Float32Array, k0: int, k1: int, half: int, w: int) -> None:
     # zero columns [0, k0) and (k1, w) of the ifftshifted ``dest`` (one call, no literal
-    # argument: each constant passed to a kernel compiles another specialisation)
+    # argument: each constant passed to a kernel compiles another specialisation; views
+    # from index 0 as in _put_run)
     for part in range(2):
         a = 0 if part == 0 else k1 + 1
         b = k0 - 1 if part == 0 else w - 1
-        for k in range(a, min(b, half - 1) + 1):
-            dest[k + w - half] = 0.0
-        for k in range(max(a, half), b + 1):
-            dest[k - half] = 0.0
+        lo, hi = a, min(b, half - 1) + 1
+        if hi > lo:
+            d = dest[lo + w - half : hi + w - half]
+            for k in range(hi - lo):
+                d[k] = 0.0
+        lo, hi = max(a, half), b + 1
+        if hi > lo:
+            d = dest[lo - half : hi - half]
+            for k in range(hi - lo):
+                d[k] = 0.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -227,10 +244,7 @@ def _extract_windows(img: Float32Array, cx: Float64Array, cy: Float64Array, w: i
                     row[k] = src[min(max(ox + k, 0), W - 1)]
             dest = out[i, j - half if j >= half else j + w - half]
             if not circle_crop:  # loops: a slice copy compiles Numba's shape checks (~2 s)
-                for k in range(w - half):
-                    dest[k] = row[half + k]
-                for k in range(half):
-                    dest[w - half + k] = row[k]
+                _put_run(dest, row, 0, w - 1, half, w, 0.0)
                 continue
             dy = j - m - mdy[i]
             dy2 = dy * dy
