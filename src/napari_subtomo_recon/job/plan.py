@@ -171,8 +171,9 @@ WINDOW_LIMIT = 4
 
 def memory_estimate(params: ReconstructParams, plans: list[TomoPlan], st: Any) -> int:
     """Peak resident bytes of a run beyond the interpreter's (~0.2 GB): accumulators +
-    the larger of (tilt images and their FFTs + one batch of prepared slices + one chunk
-    of windows per thread) and (finalisation's temporary volumes)."""
+    the larger of (tilt images and their FFTs, two tilts' worth with threads + one batch
+    of prepared slices + one chunk of windows per thread) and (finalisation's temporary
+    volumes)."""
     from ..core.backprojection import Accumulators, packed_bytes
 
     s = int(params.box_size)
@@ -187,6 +188,8 @@ def memory_estimate(params: ReconstructParams, plans: list[TomoPlan], st: Any) -
         W, H = p.ts.image_size
         pixels = (W + s * params.binning) * (H + s * params.binning)
         frame = max(frame, int(pixels * 4 * (1 if params.exact else 4)))
+    if st.threads > 1:  # the next tilt is read and binned while this one is inserted
+        frame *= 2
     return int(acc + max(final, frame + batch_bytes + st.chunk_bytes * max(1, st.threads)))
 
 
