@@ -67,15 +67,22 @@ def test_spec_example_mapping():
     assert np.allclose(Q @ [6, 2, 5], [-3.981569, 6.999922, -0.384970], atol=2e-5)
 
 
-def assert_matches_reference(rng, B, max_freq, s=12, min_voxels=50):
-    """One random slice through the kernel and through ``reference_insert``."""
+def assert_matches_reference(rng, B, max_freq, s=12, min_voxels=50, fast=False):
+    """One random slice through the kernel and through ``reference_insert``; ``fast``:
+    the fast path's build (fast math, runs walked the long way)."""
+    from napari_subtomo_recon.core.insertion import _insert_slice_planes_fast
+
     sh = s // 2 + 1
     data = (rng.normal(size=(s, sh)) + 1j * rng.normal(size=(s, sh))).astype(np.complex64)
     weight = rng.uniform(0, 1, (s, sh)).astype(np.float32)
     Q = slice_matrices(np.asarray(B, float)[None])[0]
     D = np.zeros((s, s, sh), np.complex128)
     W = np.zeros((s, s, sh))
-    insert_slice(data, weight, Q, max_freq, D, W)
+    if fast:
+        S = packed_slices(data[None], weight[None])[0]
+        _insert_slice_planes_fast(S, Q, max_freq, D, W, -(s // 2), s // 2 - 1, 0)
+    else:
+        insert_slice(data, weight, Q, max_freq, D, W)
     Dr, Wr = reference_insert(data.astype(complex), weight.astype(float), Q, max_freq, s)
     assert np.allclose(D, Dr, atol=1e-6)
     assert np.allclose(W, Wr, atol=1e-6)
@@ -165,14 +172,24 @@ def test_batch_equals_slice_by_slice_for_any_threads_and_blocks(block, single):
         rot_y(90.0),  # normal along x
         euler_matrix(0.0, 90.0, 0.0),  # tilt about y by the Euler convention
         np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]]),  # normal along y
+        np.array([[1.0, 0, 0], [0, 0.8, -0.6], [0, 0.6, 0.8]]),  # n_x == 0, tilted about x
         euler_matrix(37.0, 0.0, 0.0),  # normal along z, in-plane rotation
         rot_y(45.0),  # |n_x| == |n_z|, n_y == 0
         np.array([[1.0, 0, 0], [0, 1.0, 1e-300], [0, -1e-300, 1.0]]),  # near-zero n_y
     ],
 )
-def test_axis_aligned_and_degenerate_normals_match_reference(B):
-    # zero and near-zero normal components take the kernel's special cases
-    assert_matches_reference(np.random.default_rng(3), B, 6, min_voxels=60)
+@pytest.mark.parametrize("fast", [False, True])
+def test_axis_aligned_and_degenerate_normals_match_reference(B, fast):
+    # zero and near-zero normal components take the kernel's special cases (the fast
+    # build meets them in the other walk)
+    assert_matches_reference(np.random.default_rng(3), B, 6, min_voxels=60, fast=fast)
+
+
+def test_fast_build_matches_reference_for_random_orientations():
+    rng = np.random.default_rng(4)
+    for _ in range(6):
+        B = rot_y(rng.uniform(-60, 60)) @ euler_matrix(*rng.uniform(-180, 180, 3))
+        assert_matches_reference(rng, B, 6, min_voxels=50, fast=True)
 
 
 def test_exact_and_fast_builds_are_kept_apart_in_numba_cache():

@@ -145,14 +145,20 @@ def _slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
     lo = -(s // 2)
     hi = s // 2 - 1
     xmax = min(D.shape[2] - 1, R)
-    xrun = abs(nx) >= abs(ny)
+    # RELION's build walks along the axis the band crosses more steeply: runs of 2-3
+    # voxels.  The fast build (_LONG_RUNS, a constant of its own globals) walks along the
+    # other axis: 2.4x fewer runs to set up for the same voxels, ~7% faster
+    if _LONG_RUNS:
+        xrun = abs(nx) < abs(ny) or (nx == 0.0 and ny == 0.0)
+    else:
+        xrun = abs(nx) >= abs(ny)
     for zz in range(max(zlo, -R), min(zhi, R) + 1):
         rz2 = R2 - zz * zz  # the plane's disc: x² + y² <= rz2
         rz = _isqrt(rz2)
         xm = min(xmax, rz)
         zi = (zz + s if zz < 0 else zz) - z0
         c = nz * zz
-        if xrun and nx == 0.0:  # slice normal along z: the whole plane or nothing
+        if nx == 0.0 and ny == 0.0:  # slice normal along z: the whole plane or nothing
             if not (-1.0 < c < 1.0):
                 continue
         if xrun:
@@ -187,7 +193,7 @@ def _slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
                     if abs(qx) < wh2 and abs(qy) < ylim:
                         _sample(S, qx, qy, h2, D, W, zi, yi, x, 1.0 - abs(qz))
         else:
-            # columns x (ny != 0 here): those where the band meets y in [-rz, rz]
+            # columns x (nx != 0 here): those where the band meets y in [-rz, rz]
             ey = abs(ny) * rz
             if nx != 0.0:
                 xa, xb = _range(-1.0 - c - ey, 1.0 - c + ey, nx)
@@ -198,9 +204,15 @@ def _slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
             for x in range(xa, xb + 1):
                 rem = rz2 - x * x
                 t = nx * x + c
-                ya, yb = _range(-1.0 - t, 1.0 - t, ny)
-                ya = max(ya, lo)
-                yb = min(yb, hi)
+                if ny != 0.0:
+                    ya, yb = _range(-1.0 - t, 1.0 - t, ny)
+                elif -1.0 < t < 1.0:  # (long runs only) the band runs along y
+                    ya, yb = lo, hi
+                else:
+                    continue
+                ry = _isqrt(rem)  # long runs would mostly fall outside the disc
+                ya = max(ya, lo, -ry)
+                yb = min(yb, hi, ry)
                 bx = q00 * x + q02 * zz
                 by = q10 * x + q12 * zz
                 for yy in range(ya, yb + 1):
@@ -216,14 +228,20 @@ def _slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
                         _sample(S, qx, qy, h2, D, W, zi, yi, x, 1.0 - abs(qz))
 
 
+_LONG_RUNS = False
+
+
 def _compiled(name: str, fastmath: bool, doc: str) -> Any:
     """:func:`_slice_planes` compiled as a kernel of its own named ``name``.
 
     Two builds of one body, without Numba's IR inlining (inlining it into two wrappers
     took ~1.4 s of a cold start).  The new qualname keeps them apart in Numba's cache,
-    which is keyed by qualname and bytecode, not by compiler flags.
+    which is keyed by qualname and bytecode, not by compiler flags.  The fast build
+    also walks its runs the long way (``_LONG_RUNS``: a global, so a compile-time
+    constant; as an argument each constant would compile another specialisation).
     """
-    f = types.FunctionType(_slice_planes.__code__, _slice_planes.__globals__, name)
+    g = dict(_slice_planes.__globals__, _LONG_RUNS=fastmath)
+    f = types.FunctionType(_slice_planes.__code__, g, name)
     f.__qualname__ = name
     f.__doc__ = doc
     return njit(cache=True, nogil=True, fastmath=fastmath)(f)
