@@ -202,6 +202,18 @@ class _Tilt:
     filters: TiltFilters
 
 
+def _circle_offsets(
+    c2u: Float64Array, scale: float
+) -> tuple[Float64Array, Float64Array, Float64Array]:
+    """Window centres (n, 2) in pixels of an image binned by ``scale``, from padded
+    unbinned ones ``c2u``, and the crop circle's offset from each window's centre in x
+    and y (n,): it sits where RELION's unbinned window would put it."""
+    c2 = c2u / scale
+    mdx = c_round(c2u[:, 0]) / scale - c_round(c2[:, 0])
+    mdy = c_round(c2u[:, 1]) / scale - c_round(c2[:, 1])
+    return c2, mdx, mdy
+
+
 def _prepare_chunk(t: _Tilt, part: NDArray[np.intp], out: Float32Array, workers: int) -> None:
     """Cut out, transform and weight the windows of particles ``part`` (k,) into ``out``
     (k, s+1, s//2+2, 4)."""
@@ -209,11 +221,7 @@ def _prepare_chunk(t: _Tilt, part: NDArray[np.intp], out: Float32Array, workers:
     m, f = t.mode, t.f
     s, win = st.box, m.win
     scale = m.num / m.den  # unbinned pixels per source pixel: c -> (c + pad) / scale
-    c2u = geo.centres2d[part, f] + t.pad
-    c2 = c2u / scale  # in pixels of ``source``
-    # the circle sits where RELION's unbinned window would put it
-    mdx = c_round(c2u[:, 0]) / scale - c_round(c2[:, 0])
-    mdy = c_round(c2u[:, 1]) / scale - c_round(c2[:, 1])
+    c2, mdx, mdy = _circle_offsets(geo.centres2d[part, f] + t.pad, scale)
     windows = np.empty((part.size, win, win), np.float32)
     centres = WindowCentres(x=c2[:, 0], y=c2[:, 1], circle_dx=mdx, circle_dy=mdy)
     extract_windows(
@@ -316,6 +324,11 @@ def backproject(
             m = fast_mode
         source, pad = bin_image(img, m.num, m.den, st.window // 2 + 2, st.threads)
         noise = whitening_filter(img, s, st.binning) if st.whiten else noise_empty
+        if m.num != m.den:
+            # windows with the same circle offset next to each other: the cut-out keeps
+            # the mask's edge factors while the offset stays (a few distinct offsets)
+            _, mdx, mdy = _circle_offsets(geo.centres2d[idx, f] + pad, m.num / m.den)
+            idx = idx[np.lexsort((mdy, mdx))]
         return _Loaded(idx=idx, mode=m, source=source, pad=pad, noise=noise)
 
     # with threads, tilt f+1 is loaded while tilt f's batches run: the binning's FFTs
