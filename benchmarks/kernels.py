@@ -1,7 +1,7 @@
 """Micro-benchmarks of the hot kernels, outside the test suite.
 
     python benchmarks/kernels.py insertion --box 192 --threads 1 --batches 128,1024
-    python benchmarks/kernels.py windows --window 288 --cols 97
+    python benchmarks/kernels.py windows --window 288 --cols 97 [--offsets 4]
     python benchmarks/kernels.py finish --box 256 --window 384
 
 ``insertion``: ms per slice for random orientations (full radius), inserted in batches of
@@ -89,7 +89,7 @@ def insertion(box: int, n: int, threads: int, reps: int, batches: list[int],
         )
 
 
-def windows(window: int, cols: int, n: int, reps: int) -> None:
+def windows(window: int, cols: int, n: int, reps: int, offsets: int = 1) -> None:
     import scipy.fft as sfft
 
     from napari_subtomo_recon.core.extraction import WindowCentres, extract_windows
@@ -97,7 +97,13 @@ def windows(window: int, cols: int, n: int, reps: int) -> None:
     rng = np.random.default_rng(0)
     img = rng.standard_normal((4400, 4300)).astype(np.float32)
     cx, cy = rng.uniform(window, 4300 - window, n), rng.uniform(window, 4400 - window, n)
-    zero = np.zeros(n)
+    # the crop circle's offset from the window centre: 0 on RELION's path; after
+    # pre-binning one of a few values (multiples of 1/4 px at bin 2 and 6)
+    if offsets > 1:
+        levels = (np.arange(offsets) - offsets // 2) / offsets
+        dx, dy = rng.choice(levels, n), rng.choice(levels, n)
+    else:
+        dx = dy = np.zeros(n)
     for batch in (n, 32, 8, 4):
         best = (np.inf, np.inf)
         for _ in range(reps):
@@ -107,7 +113,7 @@ def windows(window: int, cols: int, n: int, reps: int) -> None:
                 k = cx[sl].size
                 t0 = time.perf_counter()
                 w = np.empty((k, window, window), np.float32)
-                centres = WindowCentres(x=cx[sl], y=cy[sl], circle_dx=zero[:k], circle_dy=zero[:k])
+                centres = WindowCentres(x=cx[sl], y=cy[sl], circle_dx=dx[sl], circle_dy=dy[sl])
                 extract_windows(img, centres, out=w, circle_crop=True, falloff=5.0)
                 t1 = time.perf_counter()
                 F = sfft.rfft(w, axis=2, norm="ortho")[:, :, :cols]
@@ -190,6 +196,10 @@ def main() -> None:
     b.add_argument("--cols", type=int, default=97)
     b.add_argument("--count", type=int, default=96)
     b.add_argument("--reps", type=int, default=3)
+    b.add_argument(
+        "--offsets", type=int, default=1,
+        help="distinct crop-circle offsets, in random order [1: centred, RELION's path]",
+    )  # fmt: skip
     c = sub.add_parser("finish")
     c.add_argument("--box", type=int, default=256)
     c.add_argument("--window", type=int, default=384)
@@ -201,7 +211,7 @@ def main() -> None:
     elif args.cmd == "finish":
         finish(args.box, args.window, args.reps)
     else:
-        windows(args.window, args.cols, args.count, args.reps)
+        windows(args.window, args.cols, args.count, args.reps, args.offsets)
 
 
 if __name__ == "__main__":
