@@ -119,6 +119,21 @@ def _range(lo_num: float, hi_num: float, den: float) -> tuple[int, int]:
     return math.ceil(max(a, -1e9)), math.floor(min(b, 1e9))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _y_run(t: float, ny: float, lo: int, hi: int, ry: int) -> tuple[int, int]:
+    """Rows y (in lo..hi and the disc's -ry..ry) of a column whose voxels may have
+    |t + ny·y| < 1: a closed range, empty as (1, 0).  ny = 0 (the band along y) happens
+    on the long-run walk only."""
+    if ny != 0.0:
+        ya, yb = _range(-1.0 - t, 1.0 - t, ny)
+    elif -1.0 < t < 1.0:
+        ya, yb = lo, hi
+    else:
+        return 1, 0
+    # the disc bound matters for long runs, which would mostly fall outside it
+    return max(ya, lo, -ry), min(yb, hi, ry)
+
+
 def _slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
                   W: RealArray, zlo: int, zhi: int, z0: int) -> None:  # fmt: skip
     """Insert one slice into the planes of signed frequency zlo..zhi (inclusive) of D, W.
@@ -148,10 +163,7 @@ def _slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
     # RELION's build walks along the axis the band crosses more steeply: runs of 2-3
     # voxels.  The fast build (_LONG_RUNS, a constant of its own globals) walks along the
     # other axis: 2.4x fewer runs to set up for the same voxels, ~7% faster
-    if _LONG_RUNS:
-        xrun = abs(nx) < abs(ny) or (nx == 0.0 and ny == 0.0)
-    else:
-        xrun = abs(nx) >= abs(ny)
+    xrun = (abs(nx) < abs(ny)) == _LONG_RUNS  # RELION's: |nx| >= |ny|
     for zz in range(max(zlo, -R), min(zhi, R) + 1):
         rz2 = R2 - zz * zz  # the plane's disc: x² + y² <= rz2
         rz = _isqrt(rz2)
@@ -193,7 +205,7 @@ def _slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
                     if abs(qx) < wh2 and abs(qy) < ylim:
                         _sample(S, qx, qy, h2, D, W, zi, yi, x, 1.0 - abs(qz))
         else:
-            # columns x (nx != 0 here): those where the band meets y in [-rz, rz]
+            # columns x: those where the band meets y in [-rz, rz]
             ey = abs(ny) * rz
             if nx != 0.0:
                 xa, xb = _range(-1.0 - c - ey, 1.0 - c + ey, nx)
@@ -204,15 +216,7 @@ def _slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
             for x in range(xa, xb + 1):
                 rem = rz2 - x * x
                 t = nx * x + c
-                if ny != 0.0:
-                    ya, yb = _range(-1.0 - t, 1.0 - t, ny)
-                elif -1.0 < t < 1.0:  # (long runs only) the band runs along y
-                    ya, yb = lo, hi
-                else:
-                    continue
-                ry = _isqrt(rem)  # long runs would mostly fall outside the disc
-                ya = max(ya, lo, -ry)
-                yb = min(yb, hi, ry)
+                ya, yb = _y_run(t, ny, lo, hi, _isqrt(rem))
                 bx = q00 * x + q02 * zz
                 by = q10 * x + q12 * zz
                 for yy in range(ya, yb + 1):
