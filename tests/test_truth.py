@@ -77,21 +77,26 @@ def test_thread_count_does_not_change_the_map(c1_data, monkeypatch):
     seen = []
 
     def spy(*a):
-        seen.append((threading.get_ident(), numba.get_num_threads()))
+        seen.append((threading.current_thread().name, numba.get_num_threads()))
         return prepare(*a)
 
     monkeypatch.setattr(bp, "_prepare_chunk", spy)
-    main = threading.get_ident()
+    main = threading.current_thread().name
     maps = {}
     for j in ("1", "2"):
         seen.clear()
         reconstruct(c1_data.root, monkeypatch, "--b", "48", "--bin", "2", "--prebin", "always",
                     out=f"j{j}", j=j)  # fmt: skip
         threads = {t for t, _ in seen}
-        # --j 1: in the calling thread; --j 2: only in the pool's (at most 2) threads, each
-        # running Numba on one core (which of them takes a chunk is up to the scheduler)
+        # --j 1: in the calling thread; --j 2: only in the window pool's threads (2 per tilt
+        # series: windows_0, windows_1), each running Numba on one core (which of them
+        # takes a chunk is up to the scheduler)
         pooled = j == "2"
         assert len(seen) > 2 and {k for _, k in seen} == {1}, (j, seen[:3])
-        assert (main not in threads and len(threads) <= 2) if pooled else threads == {main}
+        if pooled:
+            assert {t.rsplit("_", 1)[-1] for t in threads} <= {"0", "1"}, threads
+            assert all(t.startswith("windows_") for t in threads), threads
+        else:
+            assert threads == {main}, threads
         maps[j] = [mrcfile.read(c1_data.root / f"j{j}" / f"{n}.mrc") for n in ("half1", "half2")]
     assert all(np.array_equal(a, b) for a, b in zip(maps["1"], maps["2"], strict=True))

@@ -307,7 +307,9 @@ def backproject(
     pool: ThreadPoolExecutor | None = None
     if st.threads > 1:
         # Numba's thread count is per calling thread: the pool's threads run kernels serially
-        pool = ThreadPoolExecutor(st.threads, initializer=numba.set_num_threads, initargs=(1,))
+        pool = ThreadPoolExecutor(
+            st.threads, "windows", initializer=numba.set_num_threads, initargs=(1,)
+        )
 
     def load(f: int) -> _Loaded | None:
         """Tilt f read, binned (and its whitening filter): the per-tilt work that does
