@@ -6,8 +6,10 @@
 
 ``insertion``: ms per slice for random orientations (full radius), inserted in batches of
 each --batches size with double-precision sums (RELION's path) and single-precision ones
-(the fast path), all variants taking turns; median of --reps; and the voxels one slice
-touches.  ``windows``: ms per window to cut out (circle crop) and
+(the fast path), all variants taking turns; median of --reps; the voxels one slice
+touches and the runs each walk sets up for them.  ``--same-slice`` adds the fast path
+with every slice reading the same memory: the time left when the slices' reads hit the
+caches.  ``windows``: ms per window to cut out (circle crop) and
 transform (pruned 2D FFT), for several window-batch sizes.  ``finish``: ms per slice to
 crop, shift, CTF- and dose-weight and pack transformed windows (one tilt, depths of
 ±1500 Å, 7 windows per call as in the job), on one thread.  Run at another commit (e.g.
@@ -35,8 +37,22 @@ def _random_rotations(n: int, rng) -> np.ndarray:
     ).transpose(2, 0, 1)
 
 
+def _runs(Q: np.ndarray, R: int, long_runs: bool) -> int:
+    """Runs one slice's walk sets up (core.insertion._slice_planes): in each plane, the
+    rows (x-walk) or columns (y-walk) that meet the slab |q_z| < 1 inside the disc."""
+    nx, ny, nz = Q[2]
+    xrun = (abs(nx) < abs(ny)) == long_runs
+    runs = 0
+    for z in range(-R, R + 1):
+        r = int(np.sqrt(R * R - z * z))
+        y, x = np.mgrid[-r : r + 1, 0 : r + 1]
+        band = (x * x + y * y <= R * R - z * z) & (np.abs(nx * x + ny * y + nz * z) < 1)
+        runs += int(band.any(axis=1 if xrun else 0).sum())
+    return runs
+
+
 def insertion(box: int, n: int, threads: int, reps: int, batches: list[int],
-              block: int = 1) -> None:  # fmt: skip
+              block: int = 1, same_slice: bool = False) -> None:  # fmt: skip
     import numba
 
     from napari_subtomo_recon.core.insertion import (
@@ -47,9 +63,9 @@ def insertion(box: int, n: int, threads: int, reps: int, batches: list[int],
         slice_matrices,
     )
 
-    def batch(sl: slice, halves: np.ndarray | None = None) -> SliceBatch:
+    def batch(sl: slice, halves: np.ndarray | None = None, same: bool = False) -> SliceBatch:
         h = half[sl] if halves is None else halves
-        return SliceBatch(packed=S[sl], Q=Q[sl], max_freq=mf[sl], half=h)
+        return SliceBatch(packed=(S1 if same else S)[sl], Q=Q[sl], max_freq=mf[sl], half=h)
 
     numba.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -57,6 +73,8 @@ def insertion(box: int, n: int, threads: int, reps: int, batches: list[int],
     data = (rng.normal(size=(n, box, sh)) + 1j * rng.normal(size=(n, box, sh))).astype(np.complex64)
     S = packed_slices(data, rng.uniform(size=(n, box, sh)).astype(np.float32))
     del data
+    # --same-slice: every slice reads slice 0's memory, which then stays in the caches
+    S1 = np.lib.stride_tricks.as_strided(S[:1], shape=S.shape, strides=(0, *S.strides[1:]))
     Q = slice_matrices(_random_rotations(n, rng))
     mf = np.full(n, box // 2, np.int64)
     half = rng.integers(0, 2, n).astype(np.int64)
@@ -65,26 +83,34 @@ def insertion(box: int, n: int, threads: int, reps: int, batches: list[int],
     acc = Accumulators(data=D, weight=W)
     for single in (False, True):  # compile / load the cache
         insert_slices(batch(slice(0, 2)), acc, single=single)
-    times: dict[tuple[bool, int], list[float]] = {}
+    times: dict[tuple[str, int], list[float]] = {}
+    variants = [("double", False, False), ("single", True, False)]
+    if same_slice:
+        variants.append(("single, one slice's memory", True, True))
+        insert_slices(batch(slice(0, 2), same=True), acc, single=True)  # its own compile
     # all variants take turns in every repetition, so a slow phase of the host hits each
     for _ in range(reps):
-        for single in (False, True):
+        for name, single, same in variants:
             for b in batches:
                 t0 = time.perf_counter()
                 for a in range(0, n, b):
-                    insert_slices(batch(slice(a, a + b)), acc, single=single, block=block)
-                times.setdefault((single, b), []).append((time.perf_counter() - t0) / n * 1e3)
+                    sl = slice(a, a + b)
+                    insert_slices(batch(sl, same=same), acc, single=single, block=block)
+                times.setdefault((name, b), []).append((time.perf_counter() - t0) / n * 1e3)
     voxels = []
     for i in range(min(n, 20)):  # voxels touched: nonzero weights of one slice alone
         W[:] = 0
         insert_slices(batch(slice(i, i + 1), np.zeros(1, np.int64)), acc)
         voxels.append(np.count_nonzero(W[0]))
+    runs = [(_runs(Q[i], box // 2, False), _runs(Q[i], box // 2, True)) for i in range(20)]
+    short, long = np.mean(runs, axis=0)
     print(
-        f"insertion box {box}, {n} slices, --j {threads}, {np.mean(voxels):.0f} voxels per slice:"
+        f"insertion box {box}, {n} slices, --j {threads}, {np.mean(voxels):.0f} voxels per slice"
+        f" in {short:.0f} runs (RELION's walk) or {long:.0f} (the fast path's):"
     )
-    for (single, b), v in sorted(times.items()):
+    for (name, b), v in sorted(times.items()):
         print(
-            f"  {'single' if single else 'double'} sums, batches of {b:5d}: "
+            f"  {name} sums, batches of {b:5d}: "
             f"{np.median(v):.3f} ms per slice (median of {reps}; {min(v):.3f}-{max(v):.3f})"
         )
 
@@ -191,6 +217,10 @@ def main() -> None:
     a.add_argument("--reps", type=int, default=3)
     a.add_argument("--batches", default="128,1024", help="slices per insertion pass, compared")
     a.add_argument("--block", type=int, default=1, help="z planes per slice pass [1]")
+    a.add_argument(
+        "--same-slice", action="store_true",
+        help="also time single sums with every slice reading slice 0's memory (in cache)",
+    )  # fmt: skip
     b = sub.add_parser("windows")
     b.add_argument("--window", type=int, default=288)
     b.add_argument("--cols", type=int, default=97)
@@ -207,7 +237,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.cmd == "insertion":
         batches = [int(b) for b in args.batches.split(",")]
-        insertion(args.box, args.slices, args.threads, args.reps, batches, args.block)
+        insertion(
+            args.box, args.slices, args.threads, args.reps, batches, args.block, args.same_slice
+        )
     elif args.cmd == "finish":
         finish(args.box, args.window, args.reps)
     else:

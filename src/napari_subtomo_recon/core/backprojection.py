@@ -184,7 +184,7 @@ class _Loaded:
     idx: NDArray[np.intp]  # (k,) the particles visible in it
     mode: _Mode
     source: Float32Array  # the tilt image, binned by mode.num/mode.den
-    pad: int
+    centres: WindowCentres  # (k,) in pixels of ``source``, in the order of ``idx``
     noise: Float32Array  # the whitening filter, or (0, 1)
 
 
@@ -196,34 +196,32 @@ class _Tilt:
     f: int
     mode: _Mode
     source: Float32Array  # the tilt image, binned by mode.num/mode.den
-    pad: int
+    centres: WindowCentres  # of the tilt's visible particles (:class:`_Loaded`)
     ctf: TiltCtfTerms
     k1: float  # π·λ: beta = k1·Δz
     filters: TiltFilters
 
 
-def _circle_offsets(
-    c2u: Float64Array, scale: float
-) -> tuple[Float64Array, Float64Array, Float64Array]:
-    """Window centres (n, 2) in pixels of an image binned by ``scale``, from padded
-    unbinned ones ``c2u``, and the crop circle's offset from each window's centre in x
-    and y (n,): it sits where RELION's unbinned window would put it."""
+def _window_centres(c2u: Float64Array, scale: float) -> WindowCentres:
+    """Window centres in pixels of an image binned by ``scale`` from padded unbinned
+    ones ``c2u`` (n, 2), with the crop circle where RELION's unbinned window puts it."""
     c2 = c2u / scale
     mdx = c_round(c2u[:, 0]) / scale - c_round(c2[:, 0])
     mdy = c_round(c2u[:, 1]) / scale - c_round(c2[:, 1])
-    return c2, mdx, mdy
+    return WindowCentres(x=c2[:, 0], y=c2[:, 1], circle_dx=mdx, circle_dy=mdy)
 
 
-def _prepare_chunk(t: _Tilt, part: NDArray[np.intp], out: Float32Array, workers: int) -> None:
-    """Cut out, transform and weight the windows of particles ``part`` (k,) into ``out``
-    (k, s+1, s//2+2, 4)."""
+def _prepare_chunk(t: _Tilt, part: NDArray[np.intp], pos: slice, out: Float32Array,
+                   workers: int) -> None:  # fmt: skip
+    """Cut out, transform and weight the windows of particles ``part`` (k,), at
+    positions ``pos`` of the tilt's visible particles, into ``out`` (k, s+1, s//2+2, 4)."""
     ts, geo, st = t.series.ts, t.series.geo, t.series.st
     m, f = t.mode, t.f
     s, win = st.box, m.win
     scale = m.num / m.den  # unbinned pixels per source pixel: c -> (c + pad) / scale
-    c2, mdx, mdy = _circle_offsets(geo.centres2d[part, f] + t.pad, scale)
+    centres = t.centres.take(pos)
+    cx, cy = centres.x, centres.y  # in pixels of ``source``
     windows = np.empty((part.size, win, win), np.float32)
-    centres = WindowCentres(x=c2[:, 0], y=c2[:, 1], circle_dx=mdx, circle_dy=mdy)
     extract_windows(
         t.source, centres, out=windows, circle_crop=st.circle_crop, falloff=EDGE_FALLOFF / scale
     )
@@ -234,16 +232,16 @@ def _prepare_chunk(t: _Tilt, part: NDArray[np.intp], out: Float32Array, workers:
     F = sfft.fft(F, axis=1, norm="ortho", workers=workers, overwrite_x=True)
     # sub-pixel shift: projected centre relative to the binned window's centre, in output
     # px (RELION: the nominal bin)
-    ox = c_round(c2[:, 0]) - win // 2
-    oy = c_round(c2[:, 1]) - win // 2
+    ox = c_round(cx) - win // 2
+    oy = c_round(cy) - win // 2
     to_binned = 1.0 / m.factor
     # RELION converts the offset from its window's corner with the nominal bin, though its
     # window (round(bin·s) px) is cropped to s: each particle lands (s02D//2)/bin - s/2
     # output px off the centre (-0.087 px at bin 2.3, box 28).  A binned window puts it
     # (win//2)/factor - s/2 off, 0: add the difference, or the map is shifted.
     lag = (st.window // 2) / st.binning - (win // 2) * to_binned
-    tx = (c2[:, 0] - ox) * to_binned - m.w_shift // 2 + lag
-    ty = (c2[:, 1] - oy) * to_binned - s // 2 + lag
+    tx = (cx - ox) * to_binned - m.w_shift // 2 + lag
+    ty = (cy - oy) * to_binned - s // 2 + lag
     dz = ts.hand * ts.defocus_slope * ts.pixel_size * geo.depth[part, f]
     ex, ey = shift_factors(s, m.w_shift, tx, ty)
     slices = SliceTerms(ex=ex, ey=ey, beta=t.k1 * dz, group=t.series.group[part])
@@ -326,12 +324,13 @@ def backproject(
             m = fast_mode
         source, pad = bin_image(img, m.num, m.den, st.window // 2 + 2, st.threads)
         noise = whitening_filter(img, s, st.binning) if st.whiten else noise_empty
+        c = _window_centres(geo.centres2d[idx, f] + pad, m.num / m.den)
         if m.num != m.den:
             # windows with the same circle offset next to each other: the cut-out keeps
             # the mask's edge factors while the offset stays (a few distinct offsets)
-            _, mdx, mdy = _circle_offsets(geo.centres2d[idx, f] + pad, m.num / m.den)
-            idx = idx[np.lexsort((mdy, mdx))]
-        return _Loaded(idx=idx, mode=m, source=source, pad=pad, noise=noise)
+            o = np.lexsort((c.circle_dy, c.circle_dx))
+            idx, c = idx[o], c.take(o)
+        return _Loaded(idx=idx, mode=m, source=source, centres=c, noise=noise)
 
     # with threads, tilt f+1 is loaded while tilt f's batches run: the binning's FFTs
     # fill the cores' idle time between batches (at bin 2, box 256, 8% of the job ran on
@@ -340,14 +339,12 @@ def backproject(
     try:
         ahead = loader.submit(load, 0) if loader is not None and ts.frame_count else None
         for f in range(ts.frame_count):
-            if loader is not None and ahead is not None:
-                loaded = ahead.result()
-                ahead = loader.submit(load, f + 1) if f + 1 < ts.frame_count else None
-            else:
-                loaded = load(f)
+            loaded = ahead.result() if ahead is not None else load(f)
+            if loader is not None and f + 1 < ts.frame_count:
+                ahead = loader.submit(load, f + 1)
             if loaded is None:
                 continue
-            idx, m, source, pad = loaded.idx, loaded.mode, loaded.source, loaded.pad
+            idx, m = loaded.idx, loaded.mode
             const = ctf_constants(
                 ts.voltage, ts.cs, ts.q0, ts.ctf_bfactor[f], ts.ctf_scale[f], ts.phase_shift[f]
             )
@@ -358,13 +355,12 @@ def backproject(
             filters = TiltFilters(
                 dose=terms.dose[f], x_ranges=terms.x_ranges[f], odd=odd, noise=loaded.noise
             )
-            del loaded
             tilt = _Tilt(
                 series=series,
                 f=f,
                 mode=m,
-                source=source,
-                pad=pad,
+                source=loaded.source,
+                centres=loaded.centres,
                 ctf=ctf,
                 k1=const.k1,
                 filters=filters,
@@ -375,13 +371,15 @@ def backproject(
                 nb = sel.size
                 packed = np.empty((nb, s + 1, sh + 1, 4), np.float32)
                 chunks = [
-                    (sel[c : c + m.chunk], packed[c : c + m.chunk]) for c in range(0, nb, m.chunk)
-                ]
+                    (sel[c : c + m.chunk], slice(start + c, start + c + m.chunk),
+                     packed[c : c + m.chunk])
+                    for c in range(0, nb, m.chunk)
+                ]  # fmt: skip
                 if pool is None:
-                    for part, out in chunks:
-                        _prepare_chunk(tilt, part, out, st.threads)
+                    for part, pos, out in chunks:
+                        _prepare_chunk(tilt, part, pos, out, st.threads)
                 else:
-                    jobs = [pool.submit(_prepare_chunk, tilt, part, out, 1) for part, out in chunks]
+                    jobs = [pool.submit(_prepare_chunk, tilt, *chunk, 1) for chunk in chunks]
                     for job in jobs:
                         job.result()
                 B = scale_ratio * (P3[None] @ geo.rotation[sel])

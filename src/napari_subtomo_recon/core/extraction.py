@@ -121,23 +121,13 @@ def _put_run(dest: Float32Array, row: Float32Array, k0: int, k1: int, half: int,
 
 
 @njit(cache=True, nogil=True)
-def _zero_outside(dest: Float32Array, k0: int, k1: int, half: int, w: int) -> None:
-    # zero columns [0, k0) and (k1, w) of the ifftshifted ``dest`` (one call, no literal
-    # argument: each constant passed to a kernel compiles another specialisation; views
-    # from index 0 as in _put_run)
-    for part in range(2):
-        a = 0 if part == 0 else k1 + 1
-        b = k0 - 1 if part == 0 else w - 1
-        lo, hi = a, min(b, half - 1) + 1
-        if hi > lo:
-            d = dest[lo + w - half : hi + w - half]
-            for k in range(hi - lo):
-                d[k] = 0.0
-        lo, hi = max(a, half), b + 1
-        if hi > lo:
-            d = dest[lo - half : hi - half]
-            for k in range(hi - lo):
-                d[k] = 0.0
+def _zero_outside(dest: Float32Array, zeros: Float32Array, k0: int, k1: int, half: int,
+                  w: int) -> None:  # fmt: skip
+    # zero columns [0, k0) and (k1, w) of the ifftshifted ``dest``: _put_run's runs from a
+    # row of zeros.  np.int64(0), not 0: a literal argument compiles another
+    # specialisation of the callee
+    _put_run(dest, zeros, np.int64(0), k0 - 1, half, w, 0.0)
+    _put_run(dest, zeros, k1 + 1, w - 1, half, w, 0.0)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -148,6 +138,12 @@ class WindowCentres:
     y: Float64Array  # (n,) window centre, row
     circle_dx: Float64Array  # (n,) the crop circle's centre minus the window centre, x
     circle_dy: Float64Array  # (n,) and y: 0 on RELION's path
+
+    def take(self, k: slice | NDArray[np.intp]) -> WindowCentres:
+        """The windows ``k`` (a slice or indices) of these."""
+        return WindowCentres(
+            x=self.x[k], y=self.y[k], circle_dx=self.circle_dx[k], circle_dy=self.circle_dy[k]
+        )
 
 
 def extract_windows(
@@ -218,6 +214,7 @@ def _extract_windows(img: Float32Array, cx: Float64Array, cy: Float64Array, w: i
     inner2 = (rad - falloff) ** 2 if rad > falloff else -1.0
     rad2 = rad * rad
     clamped = np.empty(w, np.float32)  # one window row, clamped at the image edges
+    zeros = np.zeros(w, np.float32)
     # the cosine edge's factors for every pixel of the ring, kept while the circle's
     # offset stays the same (always on RELION's path): a cosine and a square root per
     # ring pixel were a third of the cut-out
@@ -244,7 +241,7 @@ def _extract_windows(img: Float32Array, cx: Float64Array, cy: Float64Array, w: i
                     row[k] = src[min(max(ox + k, 0), W - 1)]
             dest = out[i, j - half if j >= half else j + w - half]
             if not circle_crop:  # loops: a slice copy compiles Numba's shape checks (~2 s)
-                _put_run(dest, row, 0, w - 1, half, w, 0.0)
+                _put_run(dest, row, np.int64(0), w - 1, half, w, 0.0)  # int64: see _zero_outside
                 continue
             dy = j - m - mdy[i]
             dy2 = dy * dy
@@ -253,7 +250,7 @@ def _extract_windows(img: Float32Array, cx: Float64Array, cy: Float64Array, w: i
             ia, ib = _inner_chord(dy2, a, b, inner2, ccx, w)
             _put_run(dest, row, ia, ib, half, w, mean_out)
             # the rest: zero outside [a, b], the cosine edge in between
-            _zero_outside(dest, min(a, ia), max(b, ib), half, w)
+            _zero_outside(dest, zeros, min(a, ia), max(b, ib), half, w)
             ej = edge[j]
             for k in range(max(a, 0), ia):
                 kk = k - half if k >= half else k + w - half
