@@ -100,3 +100,36 @@ def test_thread_count_does_not_change_the_map(c1_data, monkeypatch):
             assert threads == {main}, threads
         maps[j] = [mrcfile.read(c1_data.root / f"j{j}" / f"{n}.mrc") for n in ("half1", "half2")]
     assert all(np.array_equal(a, b) for a, b in zip(maps["1"], maps["2"], strict=True))
+
+
+@pytest.mark.parametrize("path", [("--prebin", "always"), ("--exact",)])
+def test_batches_and_chunks_of_any_size_give_the_same_map(c1_data, monkeypatch, path):
+    """Insertion batches of 7 slices made in chunks of 3 windows (7 = 3 + 3 + 1, several
+    batches per tilt), on both window paths and --j 1 / 2: the maps of the default sizes,
+    up to the single-precision sums' order."""
+    import dataclasses
+
+    from napari_subtomo_recon.core import backprojection as bp
+
+    reconstruct(c1_data.root, monkeypatch, "--b", "48", "--bin", "2", *path, out="whole")
+    make = bp._Mode.make.__func__
+    monkeypatch.setattr(
+        bp._Mode, "make", classmethod(lambda cls, *a: dataclasses.replace(make(cls, *a), chunk=3))
+    )
+    monkeypatch.setattr(bp.Settings, "insertion_batch", lambda self: 7)
+    seen = []
+    prepare = bp._prepare_chunk
+    monkeypatch.setattr(
+        bp, "_prepare_chunk", lambda t, part, *a: (seen.append(part.size), prepare(t, part, *a))
+    )
+    for j in ("1", "2"):
+        reconstruct(c1_data.root, monkeypatch, "--b", "48", "--bin", "2", *path, out=f"b{j}",
+                    j=j)  # fmt: skip
+    # the patched sizes were used: chunks of 3, a batch's last of 1 (and a tilt's last
+    # batch's of 1 or 2)
+    assert max(seen) == 3 and seen.count(1) > 0, sorted(set(seen))
+    for name in ("half1", "half2"):
+        a = mrcfile.read(c1_data.root / "whole" / f"{name}.mrc").astype(np.float64)
+        for j in ("1", "2"):
+            b = mrcfile.read(c1_data.root / f"b{j}" / f"{name}.mrc").astype(np.float64)
+            assert np.sqrt(((a - b) ** 2).sum() / (a**2).sum()) < 1e-6, (name, j)

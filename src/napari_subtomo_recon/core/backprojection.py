@@ -370,11 +370,10 @@ def backproject(
                 sel = idx[start : start + ins]
                 nb = sel.size
                 packed = np.empty((nb, s + 1, sh + 1, 4), np.float32)
-                chunks = [
-                    (sel[c : c + m.chunk], slice(start + c, start + c + m.chunk),
-                     packed[c : c + m.chunk])
-                    for c in range(0, nb, m.chunk)
-                ]  # fmt: skip
+                # (the particles, their positions in the tilt's, their slices): the last
+                # chunk of a batch is cut at the batch's end, not at the chunk size
+                ends = [(c, min(c + m.chunk, nb)) for c in range(0, nb, m.chunk)]
+                chunks = [(sel[c:e], slice(start + c, start + e), packed[c:e]) for c, e in ends]
                 if pool is None:
                     for part, pos, out in chunks:
                         _prepare_chunk(tilt, part, pos, out, st.threads)
