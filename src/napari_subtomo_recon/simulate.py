@@ -481,8 +481,7 @@ def _write_mrc(path: Path, data: np.ndarray, voxel_size: float) -> None:
         m.set_data(np.ascontiguousarray(data, dtype=np.float32))
         if data.ndim == 3 and path.suffix == ".mrcs":
             m.set_image_stack()
-        m.voxel_size = float(voxel_size)
-        m.update_header_stats()
+        m.voxel_size = float(voxel_size)  # set_data set the header's statistics
         m.header.label[0] = b"napari_subtomo_recon.simulate"
         m.header.nlabl = 1
 

@@ -282,3 +282,21 @@ def test_deformations_need_a_type_and_coefficients(tmp_path, monkeypatch):
     tomos["global"] = tomos["global"].drop(columns=["rlnTomoDeformationGridSizeY"])
     starfile.write(tomos, "tomograms.star")
     assert read_tomogram_set("tomograms.star").tomograms[0].deformation_type is None
+
+
+def test_written_maps_carry_their_size_voxel_and_statistics(tmp_path):
+    """write_map's header: the voxel size and the data's min, max, mean and rms (the
+    standard deviation, as RELION writes it) computed here in double precision."""
+    from napari_subtomo_recon.io.mrc import read_map, write_map
+
+    vol = np.random.default_rng(3).normal(2.0, 3.0, (6, 5, 4)).astype(np.float32)
+    write_map(tmp_path / "m.mrc", vol, 2.25)
+    back, voxel = read_map(tmp_path / "m.mrc")
+    assert np.array_equal(back, vol) and voxel == 2.25
+    with mrcfile.open(tmp_path / "m.mrc") as m:
+        h = m.header
+        assert (int(h.nx), int(h.ny), int(h.nz)) == (4, 5, 6)
+        v = vol.astype(np.float64)
+        assert (float(h.dmin), float(h.dmax)) == (v.min(), v.max())
+        assert float(h.dmean) == pytest.approx(v.mean(), rel=1e-6)
+        assert float(h.rms) == pytest.approx(v.std(), rel=1e-6)

@@ -239,9 +239,8 @@ def write_map(path: StrPath, data: ArrayLike, voxel_size: float, atomic: bool = 
     arr = np.ascontiguousarray(data, dtype=np.float32)
     if not atomic:
         with mrcfile.new(path, overwrite=True) as m:
-            m.set_data(arr)
+            m.set_data(arr)  # also sets the header's min, max, mean and rms (one pass each)
             m.voxel_size = float(voxel_size)
-            m.update_header_stats()
         return
     with atomic_path(path) as tmp:
         write_map(tmp, arr, voxel_size, atomic=False)
