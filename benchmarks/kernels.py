@@ -3,6 +3,7 @@
     python benchmarks/kernels.py insertion --box 192 --threads 1 --batches 128,1024
     python benchmarks/kernels.py windows --window 288 --cols 97 [--offsets 4]
     python benchmarks/kernels.py finish --box 256 --window 384
+    python benchmarks/kernels.py maps --box 512 --crop 192
 
 ``insertion``: ms per slice for random orientations (full radius), inserted in batches of
 each --batches size with double-precision sums (RELION's path) and single-precision ones
@@ -12,8 +13,12 @@ with every slice reading the same memory: the time left when the slices' reads h
 caches.  ``windows``: ms per window to cut out (circle crop) and
 transform (pruned 2D FFT), for several window-batch sizes.  ``finish``: ms per slice to
 crop, shift, CTF- and dose-weight and pack transformed windows (one tilt, depths of
-±1500 Å, 7 windows per call as in the job), on one thread.  Run at another commit (e.g.
-``git stash; git checkout <commit> -- src``) to compare kernels.
+±1500 Å, 7 windows per call as in the job), on one thread.  ``maps``: s per step of
+one map's reconstruction from random accumulators (the job's steps and order,
+``job.finalise``; writes to a temporary folder in the current one), after touching
+--touch GB of memory so that first-touch page faults (slow in VMs) are not timed.
+Run at another commit (e.g. ``git stash; git checkout <commit> -- src``) to compare
+kernels.
 """
 
 from __future__ import annotations
@@ -207,6 +212,51 @@ def finish(box: int, window: int, reps: int) -> None:
     )
 
 
+def maps(box: int, crop: int, threads: int, reps: int, touch: float) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from napari_subtomo_recon.core import reconstruction as rc
+    from napari_subtomo_recon.io.mrc import write_map
+
+    s, sh = box, box // 2 + 1
+    rng = np.random.default_rng(0)
+    D0 = rng.standard_normal((s, s, sh)) + 1j * rng.standard_normal((s, s, sh))
+    W = rng.random((s, s, sh))
+    junk = [np.ones(1 << 27) for _ in range(int(touch))]  # 1 GB each, touched
+    del junk
+    times: dict[str, list[float]] = {}
+
+    def t(name: str, f, *args):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        r = f(*args)
+        times.setdefault(name, []).append(time.perf_counter() - t0)
+        return r
+
+    with tempfile.TemporaryDirectory(dir=".") as d:
+        w = Path(d)
+        for _ in range(reps):
+            wexp = t("expand_weights", rc.expand_weights, W, np.float32)
+            t("write weight_*", write_map, w / "w.mrc", wexp, 1.0)
+            del wexp
+            data = t("gridding_correct", rc.gridding_correct, np.array(D0), threads, True)
+            t("write data_*", write_map, w / "d.mrc", data, 1.0)
+            G = t("forward FFT", rc.forward_half, data, threads)
+            del data
+            t("radial mean of W", rc.radial_average_half, W)
+            t("divide (heuristic)", rc.divide_fourier, G, W, 0.0)
+            out = t("inverse FFT", rc.inverse_half, G, threads)
+            del G
+            t("write *_full", write_map, w / "o.mrc", out, 1.0)
+            final = t("crop, taper", rc.taper, rc.crop_centre(out, crop), 5.0)
+            t("write final", write_map, w / "f.mrc", final, 1.0)
+            del out, final
+    print(f"maps box {box}, crop {crop}, --j {threads}: s per step, median of {reps} (range)")
+    for name, v in times.items():
+        print(f"  {name:20s} {np.median(v):6.3f} ({min(v):.3f}-{max(v):.3f})")
+    print("  (the divide computes its own radial mean)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -234,12 +284,20 @@ def main() -> None:
     c.add_argument("--box", type=int, default=256)
     c.add_argument("--window", type=int, default=384)
     c.add_argument("--reps", type=int, default=5)
+    m = sub.add_parser("maps")
+    m.add_argument("--box", type=int, default=512)
+    m.add_argument("--crop", type=int, default=192)
+    m.add_argument("--threads", type=int, default=2)
+    m.add_argument("--reps", type=int, default=3)
+    m.add_argument("--touch", type=float, default=6, help="GB of memory touched first")
     args = ap.parse_args()
     if args.cmd == "insertion":
         batches = [int(b) for b in args.batches.split(",")]
         insertion(
             args.box, args.slices, args.threads, args.reps, batches, args.block, args.same_slice
         )
+    elif args.cmd == "maps":
+        maps(args.box, args.crop, args.threads, args.reps, args.touch)
     elif args.cmd == "finish":
         finish(args.box, args.window, args.reps)
     else:

@@ -105,21 +105,26 @@ def _half_radius_lookup(s: int) -> tuple[Int32Array, Int64Array, Float64Array]:
 
 def _radial_sums(Wt: Float64Array, r2: Int32Array, r0t: Int64Array, ft: Float64Array,
                  sh: int) -> tuple[Float64Array, Float64Array]:  # fmt: skip
-    """Linear-interpolation sums per shell, plane by plane (a Numba loop cost ~0.6 s to
-    compile for a step that takes milliseconds)."""
-    avg = np.zeros(sh + 1)
-    wgh = np.zeros(sh + 1)
+    """Linear-interpolation sums per shell: each voxel adds (1 - f)·w to shell r0 and f·w
+    to shell r0 + 1, where r0, f depend on the integer |k|² alone.  So W is first summed
+    per |k|² (one bincount per plane) and the few |k|² values are then spread over the
+    shells: 3.6x faster at box 512 than spreading every voxel, the same sums up to their
+    order (a Numba loop cost ~0.6 s to compile)."""
+    nk = r0t.size
+    per_k = np.zeros(nk)  # sum of W over the voxels of each |k|²
+    count = np.zeros(nk)  # how many voxels have each |k|²
     for z in range(Wt.shape[0]):
         k = r2[z].ravel()
-        i = np.minimum(r0t[k], sh)  # shells from sh on are dropped (the extra bin)
-        f = ft[k]
-        w = Wt[z].ravel()
-        avg += np.bincount(i, (1 - f) * w, minlength=sh + 1)[: sh + 1]
-        wgh += np.bincount(i, 1 - f, minlength=sh + 1)[: sh + 1]
-        i1 = np.minimum(i + 1, sh)
-        avg += np.bincount(i1, f * w, minlength=sh + 1)[: sh + 1]
-        wgh += np.bincount(i1, f, minlength=sh + 1)[: sh + 1]
-    return avg[:sh], wgh[:sh]
+        per_k += np.bincount(k, Wt[z].ravel(), minlength=nk)
+        count += np.bincount(k, minlength=nk)
+    i = np.minimum(r0t, sh)  # shells from sh on are dropped (the extra bin)
+    i1 = np.minimum(r0t + 1, sh)
+    sums: list[Float64Array] = [
+        np.bincount(i, (1 - ft) * v, minlength=sh + 1)[:sh].astype(np.float64)
+        + np.bincount(i1, ft * v, minlength=sh + 1)[:sh]
+        for v in (per_k, count)
+    ]
+    return sums[0], sums[1]
 
 
 def radial_average_half(Wt: NDArray[np.floating]) -> Float64Array:
@@ -190,18 +195,25 @@ def expand_weights(Wt: NDArray[_Scalar], dtype: DTypeLike | None = None) -> NDAr
     RELION's ``fftwHalfToHumanFull``: one loop (z, then y, then x) that writes the
     stored value and, for x > 0, its mirror at (-z, -y, s-x); then fftshift.  Only the
     Nyquist column x = s/2 is written twice; there the later write in (z, y) order wins.
-    Written straight to the shifted positions, in ``dtype`` (default: Wt's): the only
-    volume-sized array is the result.
+    Built plane by plane (stored half, then its mirror, then the fftshift of y and x as
+    four block copies: fancy indexing took 2.3x as long at box 512) in ``dtype`` (default:
+    Wt's): the only volume-sized array is the result.
     """
     s, _, sh = Wt.shape
-    full = np.zeros((s, s, s), dtype=Wt.dtype if dtype is None else dtype)
+    full = np.empty((s, s, s), dtype=Wt.dtype if dtype is None else dtype)
     to = (np.arange(s) + s // 2) % s  # fftshift: index i lands at to[i]
     zi = (-np.arange(s)) % s
+    k = s // 2
+    P = np.empty((s, s), full.dtype)  # plane z before the shift of y and x
     for z in range(s):
-        full[to[z]][np.ix_(to, to[:sh])] = Wt[z]
-        # x = 1..s-sh mirrored to (-z, -y, s-x)
-        xs = np.arange(1, s - sh + 1)
-        full[to[zi[z]]][np.ix_(to[zi], to[s - xs])] = Wt[z][:, xs]
+        P[:, :sh] = Wt[z]
+        # x' = sh..s-1 mirror x = s-x' = s-sh..1 of plane -z, row -y
+        P[:, sh:] = Wt[zi[z]][zi, s - sh : 0 : -1]
+        out = full[to[z]]
+        out[k:, k:] = P[: s - k, : s - k]
+        out[k:, :k] = P[: s - k, s - k :]
+        out[:k, k:] = P[s - k :, : s - k]
+        out[:k, :k] = P[s - k :, s - k :]
     if 2 * (sh - 1) == s:
         ny = sh - 1
         lex = np.arange(s)[:, None] * s + np.arange(s)[None, :]
