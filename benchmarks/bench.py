@@ -736,6 +736,31 @@ def compare_maps(ref: Path, new: Path) -> dict[str, float]:
     return out
 
 
+FSC_MAPS = ("merged", "half1", "half2")
+
+
+def lowest_fsc(a_path: Path, b_path: Path) -> float:
+    """The lowest Fourier shell correlation of two maps over the shells 1 .. n/2 - 1 (1-px
+    integer shells, computed here with numpy alone, independently of the package)."""
+    import mrcfile
+
+    va = mrcfile.read(a_path).astype(np.float64)
+    vb = mrcfile.read(b_path).astype(np.float64)
+    n, nx = va.shape[0], va.shape[2]
+    fa, fb = np.fft.rfftn(va), np.fft.rfftn(vb)
+    kz, ky = (np.fft.fftfreq(m) * m for m in va.shape[:2])
+    kx = np.arange(nx // 2 + 1)
+    r = np.sqrt(kz[:, None, None] ** 2 + ky[None, :, None] ** 2 + kx[None, None, :] ** 2)
+    shell = np.rint(r).astype(np.int64).ravel()
+    # the half transform: columns 0 < x < nx/2 stand for their Hermitian mirrors too
+    w = np.broadcast_to(np.where((kx > 0) & (2 * kx != nx), 2.0, 1.0), fa.shape).ravel()
+    num = np.bincount(shell, w * (fa * fb.conj()).real.ravel())
+    pa = np.bincount(shell, w * (abs(fa) ** 2).ravel())
+    pb = np.bincount(shell, w * (abs(fb) ** 2).ravel())
+    k = slice(1, n // 2)
+    return float((num[k] / np.sqrt(np.maximum(pa[k] * pb[k], 1e-300))).min())
+
+
 def cold_start(root: Path, env: dict, repeat: int) -> list[dict]:
     """The README's demo (``subtomo-recon-demo``) on an empty Numba cache, then again on
     the cache it filled; compilation = the difference.  Rounds alternate cold and warm."""
@@ -883,6 +908,7 @@ def cmd_run(a) -> int:
             if prog != "relion" or rnd < relion_repeat
         ]
         for j in threads:
+            kept: list[tuple[dict, Path]] = []  # (record, copies of its final maps)
             for rnd, prog in schedule:
                 tag = f"{cfg}_{prog}_j{j}" + (f"_mpi{a.mpi}" if a.mpi else "") + subset_tag + (
                     f"_r{rnd + 1}" if a.repeat > 1 else "")  # fmt: skip
@@ -992,11 +1018,34 @@ def cmd_run(a) -> int:
                         f"{rec['peak_rss'] / rec['cap_bytes']:.2f} of the cap",
                         flush=True,
                     )
+                if ok:  # the final maps, to compare with RELION's when the config is done
+                    maps = root / "runs" / "maps" / tag
+                    shutil.rmtree(maps, ignore_errors=True)
+                    maps.mkdir(parents=True)
+                    for name in FSC_MAPS:
+                        if (root / out_rel / f"{name}.mrc").exists():
+                            shutil.copy(root / out_rel / f"{name}.mrc", maps)
+                    kept.append((rec, maps))
                 keep = a.keep_outputs or (prog == "ours" and "ours-mem" in programs)
                 if not keep:
                     shutil.rmtree(root / out_rel, ignore_errors=True)
                 out_path.parent.mkdir(parents=True, exist_ok=True)
                 out_path.write_text(json.dumps(results, indent=1))
+            # every map of ours against RELION's first run of the config: the lowest FSC
+            refs = [m for r, m in kept if r["program"] == "relion"]
+            for rec, maps in kept:
+                if refs and rec["program"] != "relion":
+                    rec["fsc_vs_relion"] = {
+                        name: lowest_fsc(refs[0] / f"{name}.mrc", maps / f"{name}.mrc")
+                        for name in FSC_MAPS
+                        if (refs[0] / f"{name}.mrc").exists() and (maps / f"{name}.mrc").exists()
+                    }
+                    shown = ", ".join(f"{k} {v:.4f}" for k, v in rec["fsc_vs_relion"].items())
+                    print(f"[{cfg} {rec['program']} round {rec['round']}] lowest FSC against "
+                          f"RELION's maps: {shown}", flush=True)  # fmt: skip
+            for _, maps in kept:
+                shutil.rmtree(maps, ignore_errors=True)
+            out_path.write_text(json.dumps(results, indent=1))
     if a.cold_start:
         results["cold_start"] = cold_start(root, env, a.cold_start)
         out_path.write_text(json.dumps(results, indent=1))
@@ -1142,11 +1191,14 @@ def render_report(results: list[dict]) -> str:
             anon = max(x["peak_anon_tree_sampled"] for x in rs)
             cpu = statistics.median(x["cpu_user_s"] + x["cpu_sys_s"] for x in rs)
             wall = statistics.median(x["wall_s"] for x in rs)
+            fscs = [v for x in rs for v in x.get("fsc_vs_relion", {}).values()]
+            low = f"{min(fscs):.4f}" if fscs else "–"
             rows.append(
                 f"| {k[0]} | {PROGRAM_NAMES[prog]} | {k[1]} | {k[2] or '–'} | {k[3]} | "
                 f"{len(rs)} / {len(rel_runs)} | **{ratio:.1f}×** | {spread} | "
                 f"{wall:.1f} s vs {q_wall:.1f} s | {rss / q_rss:.2f} "
-                f"({_gib(rss)} vs {_gib(q_rss)} GiB) | {anon / q_anon:.2f} | {q_cpu / cpu:.1f}× |"
+                f"({_gib(rss)} vs {_gib(q_rss)} GiB) | {anon / q_anon:.2f} | {q_cpu / cpu:.1f}× "
+                f"| {low} |"
             )
     if rows:
         out.append(
@@ -1154,15 +1206,17 @@ def render_report(results: list[dict]) -> str:
             "our runs / median of RELION's runs (higher is better); *range* = our slowest run / "
             "RELION's fastest … our fastest / RELION's slowest; wall times are medians; memory "
             "ratios = our largest peak / RELION's smallest (lower is better); the CPU-time ratio "
-            "(medians) is insensitive to other users' load:"
+            "(medians) is insensitive to other users' load; *lowest FSC* = the lowest Fourier "
+            "shell correlation, over shells 1 to n/2 - 1, of our merged, half1 and half2 maps "
+            "against RELION's of the same configuration (all our runs; – where not measured):"
         )
         out.append("")
         out.append(
             "| config | program | --j | MPI | particles | runs (ours / RELION) "
             "| throughput ratio | range | wall time (median) | peak RSS ratio "
-            "| anon. RSS ratio | CPU-time ratio (RELION / ours) |"
+            "| anon. RSS ratio | CPU-time ratio (RELION / ours) | lowest FSC vs RELION |"
         )
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         out += rows
         out.append("")
     capped = [r for r in runs if r["program"] == "ours-mem" and r.get("cap_bytes")]
