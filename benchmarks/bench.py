@@ -1040,7 +1040,7 @@ def cmd_run(a) -> int:
                         for name in FSC_MAPS
                         if (refs[0] / f"{name}.mrc").exists() and (maps / f"{name}.mrc").exists()
                     }
-                    shown = ", ".join(f"{k} {v:.4f}" for k, v in rec["fsc_vs_relion"].items())
+                    shown = ", ".join(f"{k} {v:.5f}" for k, v in rec["fsc_vs_relion"].items())
                     print(f"[{cfg} {rec['program']} round {rec['round']}] lowest FSC against "
                           f"RELION's maps: {shown}", flush=True)  # fmt: skip
             for _, maps in kept:
@@ -1192,7 +1192,7 @@ def render_report(results: list[dict]) -> str:
             cpu = statistics.median(x["cpu_user_s"] + x["cpu_sys_s"] for x in rs)
             wall = statistics.median(x["wall_s"] for x in rs)
             fscs = [v for x in rs for v in x.get("fsc_vs_relion", {}).values()]
-            low = f"{min(fscs):.4f}" if fscs else "–"
+            low = f"{min(fscs):.5f}" if fscs else "–"
             rows.append(
                 f"| {k[0]} | {PROGRAM_NAMES[prog]} | {k[1]} | {k[2] or '–'} | {k[3]} | "
                 f"{len(rs)} / {len(rel_runs)} | **{ratio:.1f}×** | {spread} | "
