@@ -10,21 +10,23 @@ each --batches size with double-precision sums (RELION's path) and single-precis
 (the fast path), all variants taking turns; median of --reps; the voxels one slice
 touches and the runs each walk sets up for them.  ``--same-slice`` adds the fast path
 with every slice reading the same memory: the time left when the slices' reads hit the
-caches.  ``windows``: ms per window to cut out (circle crop) and
-transform (pruned 2D FFT), for several window-batch sizes.  ``finish``: ms per slice to
-crop, shift, CTF- and dose-weight and pack transformed windows (one tilt, depths of
-±1500 Å, 7 windows per call as in the job), on one thread.  ``maps``: s per step of
-one map's reconstruction from random accumulators (the job's steps and order,
-``job.finalise``; writes to a temporary folder in the current one), after touching
---touch GB of memory so that first-touch page faults (slow in VMs) are not timed.
-Run at another commit (e.g. ``git stash; git checkout <commit> -- src``) to compare
-kernels.
+caches.  On an empty Numba cache (``NUMBA_CACHE_DIR=$(mktemp -d)``) it also counts the
+gather instructions in the fast kernel's assembly.  ``windows``: ms per window to cut
+out (circle crop) and transform (pruned 2D FFT), for several window-batch sizes.
+``finish``: ms per slice to crop, shift, CTF- and dose-weight and pack transformed
+windows (one tilt, depths of ±1500 Å, 7 windows per call as in the job), on one thread.
+``maps``: s per step of the job's reconstruction of its three maps
+(``job.finalise.finalise_steps`` on random accumulators, every map written to a
+temporary folder in the current one), after touching --touch GB of memory so that
+first-touch page faults (slow in VMs) are not timed.  Run at another commit (e.g.
+``PYTHONPATH=<worktree>/src``) to compare kernels.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import numpy as np
 
@@ -118,6 +120,15 @@ def insertion(box: int, n: int, threads: int, reps: int, batches: list[int],
             f"  {name} sums, batches of {b:5d}: "
             f"{np.median(v):.3f} ms per slice (median of {reps}; {min(v):.3f}-{max(v):.3f})"
         )
+    from napari_subtomo_recon.core.insertion import _insert_blocks_single
+
+    with warnings.catch_warnings():  # cached code: "inspection disabled"
+        warnings.simplefilter("ignore")
+        asm = "".join(_insert_blocks_single.inspect_asm().values())
+    if "ret" in asm:  # code loaded from Numba's cache has no assembly to show
+        wide = sum(asm.count(r) for r in ("%ymm", "%zmm"))
+        gathers = sum(asm.count(g) for g in ("vgather", "vpgather"))
+        print(f"  fast kernel's assembly: {gathers} gather instructions, {wide} ymm/zmm operands")
 
 
 def windows(window: int, cols: int, n: int, reps: int, offsets: int = 1) -> None:
@@ -218,43 +229,49 @@ def maps(box: int, crop: int, threads: int, reps: int, touch: float) -> None:
 
     from napari_subtomo_recon.core import reconstruction as rc
     from napari_subtomo_recon.io.mrc import write_map
+    from napari_subtomo_recon.job.finalise import finalise_steps
+    from napari_subtomo_recon.params import ReconstructParams
 
     s, sh = box, box // 2 + 1
     rng = np.random.default_rng(0)
-    D0 = rng.standard_normal((s, s, sh)) + 1j * rng.standard_normal((s, s, sh))
-    W = rng.random((s, s, sh))
+    D0 = rng.standard_normal((2, s, s, sh)) + 1j * rng.standard_normal((2, s, s, sh))
+    W0 = rng.random((2, s, s, sh))
     junk = [np.ones(1 << 27) for _ in range(int(touch))]  # 1 GB each, touched
     del junk
     times: dict[str, list[float]] = {}
 
-    def t(name: str, f, *args):  # noqa: ANN001, ANN202
-        t0 = time.perf_counter()
-        r = f(*args)
-        times.setdefault(name, []).append(time.perf_counter() - t0)
-        return r
+    def timed(name: str, f):  # noqa: ANN001, ANN202
+        def run(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+            t0 = time.perf_counter()
+            r = f(*args, **kw)
+            times.setdefault(name, []).append(time.perf_counter() - t0)
+            return r
 
+        return run
+
+    # the job's own steps (job.finalise), each timed where the job calls it: they are
+    # looked up in the module at call time
+    steps = ("expand_weights", "gridding_correct", "forward_half", "_radial_mean",
+             "divide_fourier", "inverse_half", "taper")  # fmt: skip
+    for name in steps:
+        setattr(rc, name, timed(name, getattr(rc, name)))
+    params = ReconstructParams(box_size=box, crop_size=crop)
     with tempfile.TemporaryDirectory(dir=".") as d:
-        w = Path(d)
+
+        def emit(tag: str, kind: str, vol: np.ndarray) -> None:
+            if kind != "out" or params.crops:  # as job.outputs writes them
+                timed(f"write ({kind})", write_map)(Path(d) / f"{tag}_{kind}.mrc", vol, 1.0)
+
         for _ in range(reps):
-            wexp = t("expand_weights", rc.expand_weights, W, np.float32)
-            t("write weight_*", write_map, w / "w.mrc", wexp, 1.0)
-            del wexp
-            data = t("gridding_correct", rc.gridding_correct, np.array(D0), threads, True)
-            t("write data_*", write_map, w / "d.mrc", data, 1.0)
-            G = t("forward FFT", rc.forward_half, data, threads)
-            del data
-            t("radial mean of W", rc.radial_average_half, W)
-            t("divide (heuristic)", rc.divide_fourier, G, W, 0.0)
-            out = t("inverse FFT", rc.inverse_half, G, threads)
-            del G
-            t("write *_full", write_map, w / "o.mrc", out, 1.0)
-            final = t("crop, taper", rc.taper, rc.crop_centre(out, crop), 5.0)
-            t("write final", write_map, w / "f.mrc", final, 1.0)
-            del out, final
-    print(f"maps box {box}, crop {crop}, --j {threads}: s per step, median of {reps} (range)")
+            D, W = np.array(D0), np.array(W0)
+            for _msg in finalise_steps(D, W, params, 1.0, True, threads, emit):
+                pass
+            del D, W
+    print(f"maps box {box}, crop {crop}, --j {threads}: the job's three maps, {reps} times; "
+          "s per call, median (range) of the calls")  # fmt: skip
     for name, v in times.items():
-        print(f"  {name:20s} {np.median(v):6.3f} ({min(v):.3f}-{max(v):.3f})")
-    print("  (the divide computes its own radial mean)")
+        print(f"  {name:16s} x{len(v) // reps}  {np.median(v):6.3f} ({min(v):.3f}-{max(v):.3f})")
+    print("  (gridding_correct includes one inverse_half, divide_fourier one _radial_mean)")
 
 
 def main() -> None:
@@ -288,7 +305,7 @@ def main() -> None:
     m.add_argument("--box", type=int, default=512)
     m.add_argument("--crop", type=int, default=192)
     m.add_argument("--threads", type=int, default=2)
-    m.add_argument("--reps", type=int, default=3)
+    m.add_argument("--reps", type=int, default=2)
     m.add_argument("--touch", type=float, default=6, help="GB of memory touched first")
     args = ap.parse_args()
     if args.cmd == "insertion":
