@@ -4,6 +4,7 @@
     python benchmarks/kernels.py windows --window 288 --cols 97 [--offsets 4]
     python benchmarks/kernels.py finish --box 256 --window 384
     python benchmarks/kernels.py maps --box 512 --crop 192
+    python benchmarks/kernels.py binning --box 256 --bin 2
 
 ``insertion``: ms per slice for random orientations (full radius), inserted in batches of
 each --batches size with double-precision sums (RELION's path) and single-precision ones
@@ -19,7 +20,10 @@ windows (one tilt, depths of ±1500 Å, 7 windows per call as in the job), on on
 (``job.finalise.finalise_steps`` on random accumulators, every map written to a
 temporary folder in the current one), after touching --touch GB of memory so that
 first-touch page faults (slow in VMs) are not timed.  Run at another commit (e.g.
-``PYTHONPATH=<worktree>/src``) to compare kernels.
+``PYTHONPATH=<worktree>/src``) to compare kernels.  ``binning``: per tilt image of the
+benchmark data's size (random values), the fast path's binning (``bin_image``) with new
+arrays each time and with one ``BinWork`` reused as the job does, taking turns: wall,
+user and system time and minor page faults (``getrusage``, the whole process).
 """
 
 from __future__ import annotations
@@ -274,6 +278,38 @@ def maps(box: int, crop: int, threads: int, reps: int, touch: float) -> None:
     print("  (gridding_correct includes one inverse_half, divide_fourier one _radial_mean)")
 
 
+def binning(box: int, binning: float, height: int, width: int, tilts: int, reps: int) -> None:
+    import resource
+
+    from napari_subtomo_recon.core.extraction import BinWork, bin_image, fast_window
+
+    num, den, _ = fast_window(box, binning)
+    if num == den:
+        raise SystemExit(f"--box {box} --bin {binning:g}: the fast path does not bin the tilts")
+    margin = int(binning * box + 0.5) // 2 + 2  # as the job: the window's half + 2
+    img = np.random.default_rng(0).standard_normal((height, width)).astype(np.float32)
+    work = BinWork()
+    bin_image(img, num, den, margin)  # compile _edge_pad
+    res: dict[str, list[np.ndarray]] = {"new arrays": [], "reused (BinWork)": []}
+    for _ in range(reps):
+        for name in res:
+            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            for f in range(tilts):
+                if name == "new arrays":
+                    bin_image(img, num, den, margin)
+                else:
+                    bin_image(img, num, den, margin, work, f % 2)
+            r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            used = [t1 - t0, r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime,
+                    r1.ru_minflt - r0.ru_minflt]  # fmt: skip
+            res[name].append(np.array(used) / tilts)
+    print(f"binning {height}x{width} by {num}/{den} (--box {box} --bin {binning:g}), "
+          f"{tilts} tilts x {reps}; per tilt, median of the rounds:")  # fmt: skip
+    for name, v in res.items():
+        w, u, sy, pf = np.median(v, axis=0)
+        print(f"  {name:16s} wall {w:.3f} s, user {u:.3f} s, system {sy:.3f} s, {pf:.0f} faults")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -307,8 +343,17 @@ def main() -> None:
     m.add_argument("--threads", type=int, default=2)
     m.add_argument("--reps", type=int, default=2)
     m.add_argument("--touch", type=float, default=6, help="GB of memory touched first")
+    g = sub.add_parser("binning")
+    g.add_argument("--box", type=int, default=256)
+    g.add_argument("--bin", type=float, default=2.0)
+    g.add_argument("--height", type=int, default=3838)
+    g.add_argument("--width", type=int, default=3710)
+    g.add_argument("--tilts", type=int, default=10)
+    g.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    if args.cmd == "insertion":
+    if args.cmd == "binning":
+        binning(args.box, args.bin, args.height, args.width, args.tilts, args.reps)
+    elif args.cmd == "insertion":
         batches = [int(b) for b in args.batches.split(",")]
         insertion(
             args.box, args.slices, args.threads, args.reps, batches, args.block, args.same_slice

@@ -196,5 +196,48 @@ def test_fast_window_gives_a_ratio_the_tilt_can_be_binned_by(box, binning):
             n //= p
     assert n == 1, (num, den)
     img = np.random.default_rng(0).normal(size=(150, 170)).astype(np.float32)
-    source, pad = bin_image(img, num, den, s02d // 2 + 2, 1)
+    source, pad = bin_image(img, num, den, s02d // 2 + 2)
     assert source.dtype == np.float32 and np.all(np.isfinite(source))
+
+
+@pytest.mark.parametrize(("num", "den"), [(4, 3), (4, 1), (8, 5)])
+def test_bin_image_keeps_a_band_limited_image_and_reuses_its_arrays(num, den):
+    """A cosine below the binned Nyquist, periodic on an image of a quick-to-transform
+    size (so nothing is padded), is the same cosine on the binned grid: bin_image is a
+    Fourier crop that keeps grey levels.  With margin, the result equals binning the
+    image padded by np.pad (mode "edge") to the same size.  Arrays kept in a BinWork:
+    two slots stay valid side by side, and reusing them gives the fresh result."""
+    from napari_subtomo_recon.core.extraction import BinWork, _fast_size, bin_image
+
+    H, W = 120, 160  # 2^3·3·5 and 2^5·5: quick sizes and multiples of num
+    assert _fast_size(H, num) == H and _fast_size(W, num) == W
+    hb, wb = H * den // num, W * den // num
+    y, x = np.mgrid[0:H, 0:W]
+    a, b = hb // 2 - 3, wb // 2 - 2  # below the binned Nyquist in both directions
+
+    def wave(y: np.ndarray, x: np.ndarray, ny: int, nx: int) -> np.ndarray:
+        return 1.5 + np.cos(2 * np.pi * (a * y / ny + b * x / nx) + 0.3)
+
+    img = wave(y, x, H, W).astype(np.float32)
+    yb, xb = np.mgrid[0:hb, 0:wb]
+    work = BinWork()
+    out0, pad = bin_image(img, num, den, 0, work, 0)
+    assert pad == 0 and out0.shape == (hb, wb) and out0.dtype == np.float32
+    np.testing.assert_allclose(out0, wave(yb, xb, hb, wb), atol=2e-5)
+
+    # an edge-padded image of the same padded size in slot 1 (so that the arrays are
+    # reused) leaves slot 0's result as it was
+    margin = 9
+    p = -(-margin // num) * num
+    rng = np.random.default_rng(1)
+    noisy = rng.normal(size=(H - 2 * p, W - 2 * p)).astype(np.float32)
+    out1, pad1 = bin_image(noisy, num, den, margin, work, 1)
+    assert pad1 == p and out1.shape == (hb, wb)
+    np.testing.assert_allclose(out0, wave(yb, xb, hb, wb), atol=2e-5)
+    padded = np.pad(noisy, p, mode="edge")
+    expected, _ = bin_image(padded, num, den)
+    np.testing.assert_allclose(out1, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    # slot 0 again, on a new image: the same as with fresh arrays
+    again, _ = bin_image(noisy, num, den, margin, work, 0)
+    assert again is out0
+    np.testing.assert_array_equal(again, bin_image(noisy, num, den, margin)[0])

@@ -30,6 +30,7 @@ from .ctf import TiltCtfTerms, ctf_constants, tilt_ctf_terms
 from .dose import dose_weights, dose_x_ranges
 from .extraction import (
     EDGE_FALLOFF,
+    BinWork,
     FourierCrop,
     SliceTerms,
     TiltFilters,
@@ -309,6 +310,8 @@ def backproject(
             st.threads, "windows", initializer=numba.set_num_threads, initargs=(1,)
         )
 
+    bin_work = BinWork()
+
     def load(f: int) -> _Loaded | None:
         """Tilt f read, binned (and its whitening filter): the per-tilt work that does
         not depend on the batches."""
@@ -322,7 +325,8 @@ def backproject(
             or (st.prebin == "auto" and fast_mode.pays_off(idx.size, img.shape, relion_mode))
         ):
             m = fast_mode
-        source, pad = bin_image(img, m.num, m.den, st.window // 2 + 2, st.threads)
+        # tilt f's image is in use while f + 1 is binned: two output slots
+        source, pad = bin_image(img, m.num, m.den, st.window // 2 + 2, bin_work, f % 2)
         noise = whitening_filter(img, s, st.binning) if st.whiten else noise_empty
         c = _window_centres(geo.centres2d[idx, f] + pad, m.num / m.den)
         if m.num != m.den:
