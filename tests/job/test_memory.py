@@ -45,7 +45,7 @@ def data(tmp_path_factory):
 def test_mem_runs_smaller_batches_to_the_same_maps(data, tmp_path, monkeypatch):
     monkeypatch.chdir(data)
     full_plan, full_need = planned([*FLAGS, "--o", str(tmp_path / "p")], data)
-    assert full_plan.settings.insertion_batch() == 128
+    assert full_plan.settings.insertion_batch() == 256
     # a cap the full-speed batches do not fit but 1/4 of them do
     slices = full_plan.settings.insertion_batch()
     per = (full_need - memory_estimate_at(full_plan, data, slices // 4)) / (slices * 3 / 4)

@@ -77,11 +77,10 @@ class Settings:
     prebin: str = "auto"  # fast path: bin a tilt first "always", "never" or when it pays off
     threads: int = 1
     # prepared slices inserted in one pass over the accumulator's planes.  A plane's
-    # pass reads a strip of every slice and the next plane's strips overlap it: with
-    # ~128 slices those strips stay in the core's cache (1.5-1.6x faster insertion than
-    # 900 slices at box 192, fewer is slower again: benchmarks/kernels.py insertion
-    # --batch); batch_bytes caps the memory (--mem).
-    batch_slices: int = 128
+    # pass reads a strip of every slice; with the strips prefetched (insertion._PREFETCH)
+    # 256 slices were 5-7% faster than 128 at box 192 and 256, 512 no faster again
+    # (benchmarks/kernels.py insertion --batches); batch_bytes caps the memory (--mem).
+    batch_slices: int = 256
     batch_bytes: int = 256 * 2**20
     # windows and their FFTs are made a few at a time so that they stay in cache
     # between extraction, FFT and the fused CTF step (~25% faster FFTs than 256 MiB)

@@ -28,6 +28,7 @@ from numba import njit
 from numpy.typing import ArrayLike, NDArray
 
 from .arraytypes import Complex128Array, Float32Array, Float64Array, Int64Array
+from .prefetch import prefetch
 
 PLANES_PER_BLOCK = 1
 
@@ -95,6 +96,42 @@ def _sample(S: Float32Array, qx: float, qy: float, h: int, D: ComplexArray,
     wv = a * S[y0, x0, 2] + b * S[y0, x1, 2] + cc * S[y1, x0, 2] + d * S[y1, x1, 2]
     D[z, y, x] += complex(re, sg * im)
     W[z, y, x] += wv
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_sample(S: Float32Array, qx: float, qy: float, h: int) -> None:
+    """Start loading the two rows of S that :func:`_sample` reads at (qx, qy)."""
+    sg = 1.0 if qx >= 0.0 else -1.0
+    xd = qx * sg
+    yd = qy * sg
+    if yd < 0.0:
+        yd += h
+    x0 = int(xd)
+    y0 = min(int(yd), h - 1)
+    row = S.shape[1] * 4
+    i = y0 * row + x0 * 4
+    if x0 >= 0 and y0 >= 0 and i + row < S.size:
+        prefetch(S, i)
+        prefetch(S, i + row)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_run(on: bool, S: Float32Array, h: int, lo: float, hi: float, n: float,
+                  bx: float, by: float, ax: float, ay: float, vmin: int,
+                  vmax: int) -> None:  # fmt: skip
+    """Start loading what a run reads: v in [vmin, vmax] with lo < n·v < hi, sampling S
+    at (bx + ax·v, by + ay·v); its first, middle and last voxel.  Nothing if not ``on``
+    (a compile-time constant: no code) or n = 0."""
+    if not on or n == 0.0:
+        return
+    va, vb = _range(lo, hi, n)
+    va = max(va, vmin)
+    vb = min(vb, vmax)
+    if vb >= va:
+        vm = (va + vb) // 2
+        _prefetch_sample(S, bx + ax * va, by + ay * va, h)
+        _prefetch_sample(S, bx + ax * vm, by + ay * vm, h)
+        _prefetch_sample(S, bx + ax * vb, by + ay * vb, h)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -194,6 +231,9 @@ def _slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
                 yi = yy + s if yy < 0 else yy
                 bx = q01 * yy + q02 * zz
                 by = q11 * yy + q12 * zz
+                ta = t + _AHEAD * ny  # the run _AHEAD rows on
+                _prefetch_run(_PREFETCH, S, h2, -1.0 - ta, 1.0 - ta, nx, bx + _AHEAD * q01,
+                              by + _AHEAD * q11, q00, q10, 0, xm)  # fmt: skip
                 for x in range(xa, xb + 1):
                     if x * x > rem:
                         break
@@ -219,6 +259,9 @@ def _slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
                 ya, yb = _y_run(t, ny, lo, hi, _isqrt(rem))
                 bx = q00 * x + q02 * zz
                 by = q10 * x + q12 * zz
+                ta = t + _AHEAD * nx  # the run _AHEAD columns on
+                _prefetch_run(_PREFETCH, S, h2, -1.0 - ta, 1.0 - ta, ny, bx + _AHEAD * q00,
+                              by + _AHEAD * q10, q01, q11, lo, hi)  # fmt: skip
                 for yy in range(ya, yb + 1):
                     if yy * yy > rem:
                         continue
@@ -233,6 +276,13 @@ def _slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
 
 
 _LONG_RUNS = False
+# The fast build asks for each run's lines of S three runs ahead (``_PREFETCH``): the
+# slices of a batch do not fit the caches (a plane's pass reads a strip of every one),
+# and the loads of a run otherwise wait for them one after another (box 256, --j 2:
+# 0.74 -> 0.62 ms per slice, benchmarks/kernels.py insertion).  RELION's walk, whose
+# runs are 2-3 voxels, got slower with it.
+_PREFETCH = False
+_AHEAD = 3
 
 
 def _compiled(name: str, fastmath: bool, doc: str) -> Any:
@@ -241,10 +291,11 @@ def _compiled(name: str, fastmath: bool, doc: str) -> Any:
     Two builds of one body, without Numba's IR inlining (inlining it into two wrappers
     took ~1.4 s of a cold start).  The new qualname keeps them apart in Numba's cache,
     which is keyed by qualname and bytecode, not by compiler flags.  The fast build
-    also walks its runs the long way (``_LONG_RUNS``: a global, so a compile-time
-    constant; as an argument each constant would compile another specialisation).
+    also walks its runs the long way (``_LONG_RUNS``) and prefetches them (``_PREFETCH``):
+    globals, so compile-time constants; as arguments each constant would compile another
+    specialisation.
     """
-    g = dict(_slice_planes.__globals__, _LONG_RUNS=fastmath)
+    g = dict(_slice_planes.__globals__, _LONG_RUNS=fastmath, _PREFETCH=fastmath)
     f = types.FunctionType(_slice_planes.__code__, g, name)
     f.__qualname__ = name
     f.__doc__ = doc
