@@ -79,9 +79,11 @@ class Settings:
     # prepared slices inserted in one pass over the accumulator's planes.  A plane's
     # pass reads a strip of every slice; with the strips prefetched (insertion._PREFETCH)
     # 256 slices were 5-7% faster than 128 at box 192 and 256, 512 no faster again
-    # (benchmarks/kernels.py insertion --batches); batch_bytes caps the memory (--mem).
+    # (benchmarks/kernels.py insertion --batches); batch_bytes caps the memory (--mem):
+    # 512 MiB is 244 slices at box 512, 13% faster than 122 there, and a bin-1 job's
+    # peak memory is in the finalisation, not in the batches (job/plan.py)
     batch_slices: int = 256
-    batch_bytes: int = 256 * 2**20
+    batch_bytes: int = 512 * 2**20
     # windows and their FFTs are made a few at a time so that they stay in cache
     # between extraction, FFT and the fused CTF step (~25% faster FFTs than 256 MiB)
     chunk_bytes: int = 8 * 2**20
