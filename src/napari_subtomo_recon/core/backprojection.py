@@ -78,8 +78,8 @@ class Settings:
     threads: int = 1
     # prepared slices inserted in one pass over the accumulator's planes.  A plane's
     # pass reads a strip of every slice; with the strips prefetched (insertion._PREFETCH)
-    # 256 slices were 5-7% faster than 128 at box 192 and 256, 512 no faster again
-    # (benchmarks/kernels.py insertion --batches); batch_bytes caps the memory (--mem):
+    # 256 slices were 2-4% faster than 128 at box 192 and 7-8% at box 256, 512 no faster
+    # again (benchmarks/kernels.py insertion --batches); batch_bytes caps the memory (--mem):
     # 512 MiB is 244 slices at box 512, 13% faster than 122 there, and a bin-1 job's
     # peak memory is in the finalisation, not in the batches (job/plan.py)
     batch_slices: int = 256

@@ -69,17 +69,24 @@ class SliceBatch:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _sample(S: Float32Array, qx: float, qy: float, h: int, D: ComplexArray,
-            W: RealArray, z: int, y: int, x: int, c: float) -> None:  # fmt: skip
-    # S: (h+1, wh+1, 4) float32 [re, im, w, 0]; row h repeats row 0 (y wraps), column wh
-    # repeats column wh-2 (RELION's last-column quirk)
+def _position(qx: float, qy: float, h: int) -> tuple[float, float, float, int, int]:
+    """Where a sample at (qx, qy) reads S: the sign (-1: the Hermitian mirror, conjugated),
+    the mirrored position (xd, yd) with y wrapped into [0, h], and its lower corner
+    (x0, y0) before y0 is clamped to h - 1."""
     sg = 1.0 if qx >= 0.0 else -1.0
     xd = qx * sg
     yd = qy * sg
     if yd < 0.0:
         yd += h
-    x0 = int(xd)
-    y0 = int(yd)
+    return sg, xd, yd, int(xd), int(yd)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sample(S: Float32Array, qx: float, qy: float, h: int, D: ComplexArray,
+            W: RealArray, z: int, y: int, x: int, c: float) -> None:  # fmt: skip
+    # S: (h+1, wh+1, 4) float32 [re, im, w, 0]; row h repeats row 0 (y wraps), column wh
+    # repeats column wh-2 (RELION's last-column quirk)
+    sg, xd, yd, x0, y0 = _position(qx, qy, h)
     xf = xd - x0
     yf = yd - y0
     y0 = min(y0, h - 1)
@@ -101,13 +108,8 @@ def _sample(S: Float32Array, qx: float, qy: float, h: int, D: ComplexArray,
 @njit(cache=True, nogil=True, inline="always")
 def _prefetch_sample(S: Float32Array, qx: float, qy: float, h: int) -> None:
     """Start loading the two rows of S that :func:`_sample` reads at (qx, qy)."""
-    sg = 1.0 if qx >= 0.0 else -1.0
-    xd = qx * sg
-    yd = qy * sg
-    if yd < 0.0:
-        yd += h
-    x0 = int(xd)
-    y0 = min(int(yd), h - 1)
+    _, _, _, x0, y0 = _position(qx, qy, h)
+    y0 = min(y0, h - 1)
     row = S.shape[1] * 4
     i = y0 * row + x0 * 4
     if x0 >= 0 and y0 >= 0 and i + row < S.size:
@@ -278,9 +280,9 @@ def _slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
 _LONG_RUNS = False
 # The fast build asks for each run's lines of S three runs ahead (``_PREFETCH``): the
 # slices of a batch do not fit the caches (a plane's pass reads a strip of every one),
-# and the loads of a run otherwise wait for them one after another (box 256, --j 2:
-# 0.74 -> 0.62 ms per slice, benchmarks/kernels.py insertion).  RELION's walk, whose
-# runs are 2-3 voxels, got slower with it.
+# and the loads of a run otherwise wait for them one after another (box 256, --j 2,
+# 128 slices per batch: 0.75 -> 0.63 ms per slice, benchmarks/kernels.py insertion).
+# RELION's walk, whose runs are 2-3 voxels, got slower with it in a trial build.
 _PREFETCH = False
 _AHEAD = 3
 
