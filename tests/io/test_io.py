@@ -300,3 +300,27 @@ def test_written_maps_carry_their_size_voxel_and_statistics(tmp_path):
         assert (float(h.dmin), float(h.dmax)) == (v.min(), v.max())
         assert float(h.dmean) == pytest.approx(v.mean(), rel=1e-6)
         assert float(h.rms) == pytest.approx(v.std(), rel=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(7, 5, 6), (5, 6), (1, 1, 1)])
+def test_written_maps_are_mrcfiles_own(tmp_path, monkeypatch, shape):
+    """Slab by slab (here 3 planes per slab and a remainder) write_map writes the file
+    mrcfile's set_data writes: the same data and header, its statistics included."""
+    import napari_subtomo_recon.io.mrc as mrc
+
+    monkeypatch.setattr(mrc, "_SLAB_BYTES", 3 * 4 * shape[-1] * shape[-2])
+    vol = np.random.default_rng(5).normal(40.0, 0.5, shape)  # float64, far from 0
+    mrc.write_map(tmp_path / "ours.mrc", vol, 1.75)
+    with mrcfile.new(tmp_path / "theirs.mrc") as m:
+        m.set_data(vol.astype(np.float32))
+        m.voxel_size = 1.75
+    with mrcfile.open(tmp_path / "ours.mrc") as a, mrcfile.open(tmp_path / "theirs.mrc") as b:
+        assert np.array_equal(a.data, b.data)
+        for name in a.header.dtype.names:
+            if name in ("dmean", "rms"):  # float32 sums there, double here
+                assert a.header[name] == pytest.approx(b.header[name], rel=1e-5), name
+            elif name == "label":  # the time of writing
+                assert a.header.label[0][:40] == b.header.label[0][:40]
+            else:
+                assert np.array_equal(a.header[name], b.header[name]), name
+    assert (tmp_path / "ours.mrc").stat().st_size == (tmp_path / "theirs.mrc").stat().st_size
