@@ -240,3 +240,26 @@ def test_openmp_workers_wait_passively_unless_told_otherwise(preset):
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == (preset or "PASSIVE")
+
+
+@pytest.mark.parametrize("snr", ["0", "0.5"])
+def test_reported_fsc_is_that_of_the_written_half_maps(tmp_path, monkeypatch, snr):
+    """The job's half-map FSC (from the maps' transforms, before they are transformed
+    back) is the FSC of half1_full.mrc and half2_full.mrc as written, with RELION's
+    heuristic division and with a Wiener SNR."""
+    import shutil
+
+    import numpy as np
+
+    from napari_subtomo_recon.core.fsc import fsc
+    from napari_subtomo_recon.job import run_to_completion
+
+    shutil.copytree(INPUTS / "r5", tmp_path / "p")
+    monkeypatch.chdir(tmp_path / "p")
+    args = ["--i", "optimisation_set.star", "--o", "j/", "--b", "32", "--crop", "24",
+            "--bin", "2", "--j", "1", "--SNR", snr]  # fmt: skip
+    result = run_to_completion(parse_args(args)[0])
+    h1, h2 = (mrcfile.read(f"j/half{h}_full.mrc") for h in (1, 2))
+    expected = fsc(h1, h2)
+    assert expected[1] > 0.5 and expected[1:].max() < 0.99  # related half maps that differ
+    np.testing.assert_allclose(result.fsc, expected, rtol=0, atol=1e-5)

@@ -28,22 +28,40 @@ def fsc(a: NDArray[Any], b: NDArray[Any]) -> Float64Array:
     Sums plane by plane: besides the two transforms no volume-sized array (at box 512
     the whole-volume version took 4 GB more).
     """
-    n = a.shape[0]
-    A = _half_transform(a)
-    B = _half_transform(b)
+    return fsc_spectra(_half_transform(a), _half_transform(b))
+
+
+def fsc_spectra(A: NDArray[np.complexfloating], B: NDArray[np.complexfloating]) -> Float64Array:
+    """:func:`fsc` of the maps ``irfftn(A)``, ``irfftn(B)`` (n, n, n) from their half
+    transforms A, B (n, n, n//2+1) (any common scaling): no transform at all.
+
+    A real map's transform is Hermitian, so in the planes x = 0 and x = n/2 (n even)
+    ``irfftn`` keeps only the Hermitian part (G(k) + conj G(-k))/2 of what it is
+    given; those planes are summed that way, the rest as they are.  (At box 512 the two
+    transforms :func:`fsc` needs took ~7 s of the job.)
+    """
+    n = A.shape[0]
+    sh = A.shape[2]
     f = np.fft.fftfreq(n) * n
-    fx = np.arange(n // 2 + 1)
+    fx = np.arange(sh)
     ryx = f[:, None] ** 2 + fx[None, :] ** 2
     nsh = n // 2 + 1
     num = np.zeros(nsh)
     da = np.zeros(nsh)
     db = np.zeros(nsh)
+    neg = (-np.arange(n)) % n
+    edges = [0, n // 2] if n % 2 == 0 and sh == n // 2 + 1 else [0]
     for z in range(n):
         shell = np.floor(np.sqrt(f[z] ** 2 + ryx) + 0.5).astype(np.int64).ravel()
         keep = shell < nsh
         shell = shell[keep]
-        Az = A[z].ravel()[keep]
-        Bz = B[z].ravel()[keep]
+        Ap = np.array(A[z], np.complex128)
+        Bp = np.array(B[z], np.complex128)
+        for x in edges:  # the Hermitian part of the planes x = 0 and n/2
+            Ap[:, x] = 0.5 * (A[z, :, x] + np.conj(A[neg[z], neg, x]))
+            Bp[:, x] = 0.5 * (B[z, :, x] + np.conj(B[neg[z], neg, x]))
+        Az = Ap.ravel()[keep]
+        Bz = Bp.ravel()[keep]
         num += np.bincount(shell, (Az * np.conj(Bz)).real, minlength=nsh)
         da += np.bincount(shell, np.abs(Az) ** 2, minlength=nsh)
         db += np.bincount(shell, np.abs(Bz) ** 2, minlength=nsh)

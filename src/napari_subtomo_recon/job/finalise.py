@@ -20,8 +20,9 @@ from ..params import ReconstructParams
 MAP_TAGS = ("half1", "half2", "merged")
 
 # emit(tag, kind, volume): kind is "data" (gridding-corrected), "weight" (expanded,
-# float32), "out" (divided by the weights, the whole box) or "final" (cropped, tapered).
-# A volume is only valid during the call.
+# float32), "spectrum" (the half transform of "out", (s, s, s//2+1) complex), "out"
+# (divided by the weights, the whole box) or "final" (cropped, tapered).  A volume is
+# only valid during the call.
 Emit = Callable[[str, str, np.ndarray], None]
 
 
@@ -57,6 +58,7 @@ def _one_map(D: np.ndarray, W: np.ndarray, params: ReconstructParams, threads: i
     G = forward_half(data, threads)
     del data
     divide_fourier(G, W, params.snr)
+    emit("spectrum", G)
     out = inverse_half(G, threads)
     del G
     emit("out", out)

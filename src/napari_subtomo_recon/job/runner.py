@@ -137,10 +137,10 @@ class Job:
             result.elapsed = self._elapsed()
             return result
         with OutputGroup(self.params, self.out_dir, plan.voxel_size) as group:
-            halves = yield from self.finalise(inp, plan, acc, group)
-            del acc  # 3.2 GB at box 512: gone before the FSC's transforms
+            curve = yield from self.finalise(inp, plan, acc, group)
+            del acc
             result.files = yield from self.write(inp, plan, group)
-        self._fsc(result, halves)
+        self._fsc(result, curve)
         result.elapsed = self._elapsed()
         yield self._progress(ev.Stage.DONE, plan, message="finished")
         return result
@@ -230,15 +230,21 @@ class Job:
 
     def finalise(
         self, inp: Inputs, plan: Plan, acc: Any, group: OutputGroup
-    ) -> Events[dict[str, np.ndarray]]:
-        """Every map staged in ``group`` as it is made; returns the half maps (float32,
-        the whole box, as written) for the FSC."""
-        halves: dict[str, np.ndarray] = {}
+    ) -> Events[np.ndarray | None]:
+        """Every map staged in ``group`` as it is made; returns the FSC of the half maps
+        (the whole box, as written), or None without half sets."""
+        from ..core.fsc import fsc_spectra
+
+        kept: dict[str, np.ndarray] = {}
+        curve: list[np.ndarray] = []
 
         def emit(tag: str, kind: str, vol: np.ndarray) -> None:
-            if kind == "out" and tag != "merged":
-                halves[tag] = vol.astype(np.float32)
-            group.add_map(tag, kind, vol)
+            if kind != "spectrum":
+                group.add_map(tag, kind, vol)
+            elif tag == "half1":  # until half 2's: the FSC from the transforms, none anew
+                kept[tag] = vol.astype(np.complex64)
+            elif tag == "half2":
+                curve.append(fsc_spectra(kept.pop("half1"), vol))
 
         self.faults("finalise")
         has_halves = inp.particles.has_half_sets
@@ -247,7 +253,7 @@ class Job:
             plan.settings.threads, emit,
         ):  # fmt: skip
             yield self._progress(ev.Stage.FINALISING, plan, message=msg)
-        return halves
+        return curve[0] if curve else None
 
     def write(self, inp: Inputs, plan: Plan, group: OutputGroup) -> Events[dict[str, Path]]:
         yield self._progress(ev.Stage.WRITING, plan, message=f"writing maps to {self.out_dir}")
@@ -305,8 +311,8 @@ class Job:
         if ctl and Path(at(self.root, ctl), "RELION_JOB_ABORT_NOW").exists():
             raise Cancelled("aborted through RELION_JOB_ABORT_NOW")
 
-    def _fsc(self, result: ev.Result, halves: dict[str, np.ndarray]) -> None:
-        if "half1" not in halves:
+    def _fsc(self, result: ev.Result, curve: np.ndarray | None) -> None:
+        if curve is None:
             return
         empty = [h + 1 for h, n in enumerate(self._half_work) if n == 0]
         if empty:
@@ -315,9 +321,9 @@ class Job:
                 "empty and the half-map FSC is not available"
             )
             return
-        from ..core.fsc import fsc, resolution_at
+        from ..core.fsc import resolution_at
 
-        result.fsc = fsc(halves["half1"], halves["half2"])
+        result.fsc = curve
         result.resolution_0143 = resolution_at(result.fsc, 0.143, result.voxel_size)
         result.resolution_05 = resolution_at(result.fsc, 0.5, result.voxel_size)
 
