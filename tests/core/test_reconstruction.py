@@ -210,3 +210,27 @@ def test_fsc_of_half_transforms_is_the_fsc_of_their_maps(n):
     keep = shell <= n // 2
     s_num, s_a, s_b = (np.bincount(shell[keep], v.ravel()[keep]) for v in plain)
     assert np.abs(s_num / np.sqrt(s_a * s_b) - expected).max() > 1e-3
+
+
+@pytest.mark.parametrize("s", [6, 7, 8])
+def test_expanded_weights_slab_by_slab(s, tmp_path):
+    """ExpandedWeights fills any run of planes as expand_weights has them, and write_map
+    writes it as it writes the whole volume."""
+    import mrcfile
+
+    from napari_subtomo_recon.core.reconstruction import ExpandedWeights
+    from napari_subtomo_recon.io.mrc import write_map
+
+    W = np.random.default_rng(s).uniform(size=(s, s, s // 2 + 1))
+    full = expand_weights(W, np.float32)
+    src = ExpandedWeights(W)
+    assert src.shape == full.shape
+    for z0, z1 in [(0, s), (1, 3), (s - 1, s), (s // 2, s // 2 + 2)]:
+        out = np.full((z1 - z0, s, s), np.nan, np.float32)
+        src.fill(z0, z1, out)
+        assert np.array_equal(out, full[z0:z1])
+    write_map(tmp_path / "planes.mrc", src, 1.5)
+    write_map(tmp_path / "array.mrc", full, 1.5)
+    with mrcfile.open(tmp_path / "planes.mrc") as a, mrcfile.open(tmp_path / "array.mrc") as b:
+        assert np.array_equal(a.data, full)
+        assert a.header.tobytes()[:220] == b.header.tobytes()[:220]  # up to the labels

@@ -195,32 +195,50 @@ def expand_weights(Wt: NDArray[_Scalar], dtype: DTypeLike | None = None) -> NDAr
     RELION's ``fftwHalfToHumanFull``: one loop (z, then y, then x) that writes the
     stored value and, for x > 0, its mirror at (-z, -y, s-x); then fftshift.  Only the
     Nyquist column x = s/2 is written twice; there the later write in (z, y) order wins.
-    Built plane by plane (stored half, then its mirror, then the fftshift of y and x as
-    four block copies: fancy indexing took 2.3x as long at box 512) in ``dtype`` (default:
-    Wt's): the only volume-sized array is the result.
+    In ``dtype`` (default: Wt's); see :class:`ExpandedWeights` for the planes one by one.
     """
-    s, _, sh = Wt.shape
+    s = Wt.shape[0]
     full = np.empty((s, s, s), dtype=Wt.dtype if dtype is None else dtype)
-    to = (np.arange(s) + s // 2) % s  # fftshift: index i lands at to[i]
-    zi = (-np.arange(s)) % s
-    k = s // 2
-    P = np.empty((s, s), full.dtype)  # plane z before the shift of y and x
-    for z in range(s):
-        P[:, :sh] = Wt[z]
-        # x' = sh..s-1 mirror x = s-x' = s-sh..1 of plane -z, row -y
-        P[:, sh:] = Wt[zi[z]][zi, s - sh : 0 : -1]
-        out = full[to[z]]
-        out[k:, k:] = P[: s - k, : s - k]
-        out[k:, :k] = P[: s - k, s - k :]
-        out[:k, k:] = P[s - k :, : s - k]
-        out[:k, :k] = P[s - k :, s - k :]
-    if 2 * (sh - 1) == s:
-        ny = sh - 1
-        lex = np.arange(s)[:, None] * s + np.arange(s)[None, :]
-        lex_m = zi[:, None] * s + zi[None, :]
-        plane = np.where(lex >= lex_m, Wt[:, :, ny], Wt[zi][:, zi][:, :, ny])
-        full[np.ix_(to, to, [to[ny]])] = plane[:, :, None]
+    ExpandedWeights(Wt).fill(0, s, full)
     return full
+
+
+class ExpandedWeights:
+    """:func:`expand_weights` of ``Wt`` (s, s, sh), made a slab of planes at a time
+    (``fill``) for whoever writes it: at box 512 the whole volume is 0.5 GB of new
+    memory that only goes to a file."""
+
+    def __init__(self, Wt: NDArray[Any]) -> None:
+        self.Wt = Wt
+        s = Wt.shape[0]
+        self.shape = (s, s, s)
+
+    def fill(self, z0: int, z1: int, out: NDArray[Any]) -> None:
+        """Planes z0..z1-1 of the expanded volume into ``out`` (z1 - z0, s, s).
+
+        Plane by plane (stored half, then its mirror, then the fftshift of y and x as
+        four block copies: fancy indexing took 2.3x as long at box 512).
+        """
+        Wt = self.Wt
+        s, _, sh = Wt.shape
+        zi = (-np.arange(s)) % s
+        k = s // 2  # fftshift: index i lands at (i + k) % s
+        nyquist = 2 * (sh - 1) == s
+        P = np.empty((s, s), out.dtype)  # the plane before the shift of y and x
+        for zo in range(z0, z1):
+            z = (zo - s // 2) % s  # the stored plane that lands at zo
+            P[:, :sh] = Wt[z]
+            # x' = sh..s-1 mirror x = s-x' = s-sh..1 of plane -z, row -y
+            P[:, sh:] = Wt[zi[z]][zi, s - sh : 0 : -1]
+            if nyquist:  # x = s/2 is its own mirror: the later write in (z, y) order
+                ny = sh - 1
+                later = z * s + np.arange(s) >= zi[z] * s + zi
+                P[:, ny] = np.where(later, Wt[z, :, ny], Wt[zi[z], zi, ny])
+            o = out[zo - z0]
+            o[k:, k:] = P[: s - k, : s - k]
+            o[k:, :k] = P[: s - k, s - k :]
+            o[:k, k:] = P[s - k :, : s - k]
+            o[:k, :k] = P[s - k :, s - k :]
 
 
 def crop_centre(vol: NDArray[_Scalar], crop: int) -> NDArray[_Scalar]:

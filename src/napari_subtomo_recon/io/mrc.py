@@ -7,7 +7,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import mrcfile
 import numpy as np
@@ -235,11 +235,24 @@ class FrameReader:
 _SLAB_BYTES = 4 << 20
 
 
-def write_map(path: StrPath, data: ArrayLike, voxel_size: float, atomic: bool = True) -> None:
+class PlaneSource(Protocol):
+    """A volume (z, y, x) that fills its planes z0..z1-1 into ``out`` on demand, for a
+    map that would otherwise exist only to be written."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def fill(self, z0: int, z1: int, out: NDArray[np.float32]) -> None: ...
+
+
+def write_map(
+    path: StrPath, data: ArrayLike | PlaneSource, voxel_size: float, atomic: bool = True
+) -> None:
     """Write a float32 MRC (x fastest, origin 0) with the voxel size in the header.
 
-    ``data`` is a map (z, y, x) (or an image (y, x)); it is converted to float32.
-    ``atomic``: through a temporary name (False: ``path`` is one already).
+    ``data`` is a map (z, y, x) (or an image (y, x)), or a :class:`PlaneSource`; it is
+    converted to float32.  ``atomic``: through a temporary name (False: ``path`` is one
+    already).
 
     The header (mrcfile's, with min, max, mean and rms of the float32 values) is
     written last; the data go out a slab of planes (~4 MB) at a time, converted into
@@ -247,48 +260,58 @@ def write_map(path: StrPath, data: ArrayLike, voxel_size: float, atomic: bool = 
     copy of the map and its rms a second one: at box 512, 1 GB of new memory per map,
     which took most of the time of writing it.
     """
-    arr = np.asarray(data)
+    src: NDArray[Any] | PlaneSource
+    if not isinstance(data, np.ndarray) and hasattr(data, "fill"):
+        src = cast("PlaneSource", data)
+    else:
+        src = np.asarray(data)
     if not atomic:
-        _write_map(Path(path), arr, float(voxel_size))
+        _write_map(Path(path), src, float(voxel_size))
         return
     with atomic_path(path) as tmp:
-        _write_map(tmp, arr, float(voxel_size))
+        _write_map(tmp, src, float(voxel_size))
 
 
-def _write_map(path: Path, arr: NDArray[Any], voxel_size: float) -> None:
-    if arr.ndim not in (2, 3) or arr.size == 0:
+def _write_map(path: Path, src: NDArray[Any] | PlaneSource, voxel_size: float) -> None:
+    shape = tuple(src.shape)
+    size = math.prod(shape)
+    if isinstance(src, np.ndarray) and (src.ndim not in (2, 3) or src.size == 0):
         with mrcfile.new(path, overwrite=True) as m:
-            m.set_data(np.ascontiguousarray(arr, dtype=np.float32))
+            m.set_data(np.ascontiguousarray(src, dtype=np.float32))
             m.voxel_size = voxel_size
         return
     # mrcfile makes the header for this shape; its data are not written (a sparse file)
-    with mrcfile.new_mmap(path, shape=arr.shape, mrc_mode=2, overwrite=True) as m:
+    with mrcfile.new_mmap(path, shape=shape, mrc_mode=2, overwrite=True) as m:
         m.voxel_size = voxel_size
         header = m.header.copy()
         offset = int(m.header.nbytes + m.extended_header.nbytes)
-    planes = arr.reshape((-1, *arr.shape[-2:]))
-    n = planes.shape[0]
-    per = max(1, _SLAB_BYTES // (4 * planes[0].size))
-    buf = np.empty((min(per, n), *planes.shape[1:]), np.float32)
-    # min, max and sums about the first value (no cancellation for maps far from 0)
-    k = float(np.float32(planes.flat[0]))
-    lo, hi, s1, s2 = np.inf, -np.inf, 0.0, 0.0
+    n = math.prod(shape[:-2])
+    per = max(1, _SLAB_BYTES // (4 * shape[-1] * shape[-2]))
+    buf = np.empty((min(per, n), *shape[-2:]), np.float32)
+    planes = src.reshape((-1, *shape[-2:])) if isinstance(src, np.ndarray) else buf[:0]
+    source = None if isinstance(src, np.ndarray) else src
+    lo, hi, s1, s2, k = np.inf, -np.inf, 0.0, 0.0, 0.0
     with open(path, "r+b") as f:
         f.seek(offset)
         for z in range(0, n, per):
             b = buf[: min(per, n - z)]
-            np.copyto(b, planes[z : z + per], casting="unsafe")
+            if source is not None:
+                source.fill(z, z + len(b), b)
+            else:
+                np.copyto(b, planes[z : z + per], casting="unsafe")
             f.write(b.data)
+            if z == 0:  # sums about the first value: no cancellation for maps far from 0
+                k = float(b.flat[0])
             d = b.reshape(-1).astype(np.float64)
             d -= k
             lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
             s1 += float(d.sum())
             d *= d  # (not np.dot: BLAS threads would spin for it)
             s2 += float(d.sum())
-        mean = s1 / arr.size
+        mean = s1 / size
         header.dmin, header.dmax = lo, hi
         header.dmean = k + mean
-        header.rms = math.sqrt(max(s2 / arr.size - mean * mean, 0.0))
+        header.rms = math.sqrt(max(s2 / size - mean * mean, 0.0))
         f.seek(0)
         f.write(header.tobytes())
 

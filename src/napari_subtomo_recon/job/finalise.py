@@ -12,18 +12,24 @@ half set's volume is transformed in place once nothing else needs it.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..params import ReconstructParams
 
+if TYPE_CHECKING:
+    from ..io.mrc import PlaneSource
+
+    MapData = np.ndarray | PlaneSource
+
 MAP_TAGS = ("half1", "half2", "merged")
 
-# emit(tag, kind, volume): kind is "data" (gridding-corrected), "weight" (expanded,
-# float32), "spectrum" (the half transform of "out", (s, s, s//2+1) complex), "out"
-# (divided by the weights, the whole box) or "final" (cropped, tapered).  A volume is
-# only valid during the call.
-Emit = Callable[[str, str, np.ndarray], None]
+# emit(tag, kind, volume): kind is "data" (gridding-corrected), "weight" (expanded: an
+# ExpandedWeights, which makes its planes as they are written), "spectrum" (the half
+# transform of "out", (s, s, s//2+1) complex), "out" (divided by the weights, the whole
+# box) or "final" (cropped, tapered).  A volume is only valid during the call.
+Emit = Callable[[str, str, "MapData"], None]
 
 
 def _symmetrise(D: np.ndarray, W: np.ndarray, params: ReconstructParams, voxel_size: float,
@@ -42,7 +48,7 @@ def _symmetrise(D: np.ndarray, W: np.ndarray, params: ReconstructParams, voxel_s
 
 
 def _one_map(D: np.ndarray, W: np.ndarray, params: ReconstructParams, threads: int,
-             emit: Callable[[str, np.ndarray], None]) -> None:  # fmt: skip
+             emit: Callable[[str, MapData], None]) -> None:  # fmt: skip
     """data, out and final of one map; ``D`` (complex128, C-contiguous) is overwritten."""
     from ..core.reconstruction import (
         crop_centre,
@@ -79,24 +85,23 @@ def finalise_steps(
     progress and cancel between them).  ``D``, ``W`` (2, s, s, sh) are used up.  Maps
     come as half1, half2, merged (or merged alone without half sets).
     """
-    from ..core.reconstruction import expand_weights
+    from ..core.reconstruction import ExpandedWeights
 
     yield from _symmetrise(D, W, params, voxel_size, 2 if half_sets else 1, threads)
     if not half_sets:
         yield "gridding correction and weighting: merged"
-        emit("merged", "weight", expand_weights(W[0], np.float32))
+        emit("merged", "weight", ExpandedWeights(W[0]))
         _one_map(D[0], W[0], params, threads, lambda k, v: emit("merged", k, v))
         return
     yield "gridding correction and weighting: half1"
-    wexp = expand_weights(W[0], np.float32)
+    wexp = ExpandedWeights(W[0])
     emit("half1", "weight", wexp)
     emit("merged", "weight", wexp)  # RELION quirk: weight_merged holds the half-1 weights
-    del wexp
     # three maps from two volumes: half 1 works on a copy, then D[0] becomes the sum
     _one_map(np.array(D[0]), W[0], params, threads, lambda k, v: emit("half1", k, v))
     D[0] += D[1]
     yield "gridding correction and weighting: half2"
-    emit("half2", "weight", expand_weights(W[1], np.float32))
+    emit("half2", "weight", ExpandedWeights(W[1]))
     _one_map(D[1], W[1], params, threads, lambda k, v: emit("half2", k, v))
     W[0] += W[1]
     yield "gridding correction and weighting: merged"
@@ -117,8 +122,9 @@ def preview_map(
         pass
     maps: dict[str, np.ndarray] = {}
 
-    def keep(kind: str, vol: np.ndarray) -> None:
+    def keep(kind: str, vol: MapData) -> None:
         if kind == "final":
+            assert isinstance(vol, np.ndarray)
             maps["final"] = np.array(vol)
 
     _one_map(Dm[0], Wm[0], params, threads, keep)

@@ -13,6 +13,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from ..io.atomic import fault, remove_quietly
 from ..io.checkpoint import has_checkpoints
 from ..params import ReconstructParams
 from .inputs import Inputs, input_files
+
+if TYPE_CHECKING:
+    from ..io.mrc import PlaneSource
 
 
 def check_output_dir(out_dir: Path) -> None:
@@ -120,10 +124,11 @@ class OutputGroup:
             raise fault(final, e) from None
         self.files[name] = final
 
-    def add_map(self, tag: str, kind: str, vol: np.ndarray) -> None:
+    def add_map(self, tag: str, kind: str, vol: np.ndarray | PlaneSource) -> None:
         """Stage one map of :func:`~.finalise.finalise_steps` (``out`` only when cropping,
         as ``<tag>_full``).  A final map with NaN or infinite voxels stops the job."""
         if kind == "final":
+            assert isinstance(vol, np.ndarray)  # (only weights come as planes)
             bad = int(np.count_nonzero(~np.isfinite(vol)))
             if bad:
                 raise InputError(
@@ -212,7 +217,7 @@ def _keep_previous(final: Path) -> Path | None:
     return backup
 
 
-def _map_writer(data: np.ndarray, voxel_size: float) -> Callable[[Path], object]:
+def _map_writer(data: np.ndarray | PlaneSource, voxel_size: float) -> Callable[[Path], object]:
     from ..io.mrc import write_map
 
     return lambda path: write_map(path, data, voxel_size, atomic=False)

@@ -238,7 +238,7 @@ class Job:
         kept: dict[str, np.ndarray] = {}
         curve: list[np.ndarray] = []
 
-        def emit(tag: str, kind: str, vol: np.ndarray) -> None:
+        def emit(tag: str, kind: str, vol: Any) -> None:
             if kind != "spectrum":
                 group.add_map(tag, kind, vol)
             elif tag == "half1":  # until half 2's: the FSC from the transforms, none anew
