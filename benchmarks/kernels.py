@@ -18,7 +18,8 @@ out (circle crop) and transform (pruned 2D FFT), for several window-batch sizes.
 windows (one tilt, depths of ±1500 Å, 7 windows per call as in the job), on one thread.
 ``maps``: s per step of the job's reconstruction of its three maps
 (``job.finalise.finalise_steps`` on random accumulators, every map written to a
-temporary folder in the current one), after touching --touch GB of memory so that
+temporary folder in the current one, and the half-map FSC as the job computes it),
+after touching --touch GB of memory so that
 first-touch page faults (slow in VMs) are not timed.  Run at another commit (e.g.
 ``PYTHONPATH=<worktree>/src``) to compare kernels.  ``binning``: per tilt image of the
 benchmark data's size (random values), the fast path's binning (``bin_image``) with new
@@ -261,16 +262,34 @@ def maps(box: int, crop: int, threads: int, reps: int, touch: float) -> None:
         setattr(rc, name, timed(name, getattr(rc, name)))
     params = ReconstructParams(box_size=box, crop_size=crop)
     with tempfile.TemporaryDirectory(dir=".") as d:
+        kept: dict[str, np.ndarray] = {}
 
         def emit(tag: str, kind: str, vol: np.ndarray) -> None:
+            # the half-map FSC as the job computes it (job.runner): from the spectra since
+            # c3e3916; before, from the whole-box half maps, after the maps were written
+            if kind == "spectrum":
+                from napari_subtomo_recon.core.fsc import fsc_spectra
+
+                if tag == "half1":
+                    kept["spectrum"] = vol.astype(np.complex64)
+                elif tag == "half2":
+                    timed("fsc (spectra)", fsc_spectra)(kept.pop("spectrum"), vol)
+                return
+            if kind == "out" and tag != "merged" and not spectra:
+                kept[tag] = vol.astype(np.float32)
             if kind != "out" or params.crops:  # as job.outputs writes them
                 timed(f"write ({kind})", write_map)(Path(d) / f"{tag}_{kind}.mrc", vol, 1.0)
 
+        spectra = hasattr(rc, "ExpandedWeights")  # (a commit that emits spectra)
         for _ in range(reps):
             D, W = np.array(D0), np.array(W0)
             for _msg in finalise_steps(D, W, params, 1.0, True, threads, emit):
                 pass
             del D, W
+            if not spectra:
+                from napari_subtomo_recon.core.fsc import fsc
+
+                timed("fsc (maps)", fsc)(kept.pop("half1"), kept.pop("half2"))
     print(f"maps box {box}, crop {crop}, --j {threads}: the job's three maps, {reps} times; "
           "s per call, median (range) of the calls")  # fmt: skip
     for name, v in times.items():
