@@ -288,17 +288,20 @@ def _write_map(path: Path, src: NDArray[Any] | PlaneSource, voxel_size: float) -
     n = math.prod(shape[:-2])
     per = max(1, _SLAB_BYTES // (4 * shape[-1] * shape[-2]))
     buf = np.empty((min(per, n), *shape[-2:]), np.float32)
-    planes = src.reshape((-1, *shape[-2:])) if isinstance(src, np.ndarray) else buf[:0]
-    source = None if isinstance(src, np.ndarray) else src
+    if isinstance(src, np.ndarray):
+        planes = src.reshape((-1, *shape[-2:]))
+
+        def fill(z0: int, z1: int, out: NDArray[np.float32]) -> None:
+            np.copyto(out, planes[z0:z1], casting="unsafe")
+
+    else:
+        fill = src.fill
     lo, hi, s1, s2, k = np.inf, -np.inf, 0.0, 0.0, 0.0
     with open(path, "r+b") as f:
         f.seek(offset)
         for z in range(0, n, per):
             b = buf[: min(per, n - z)]
-            if source is not None:
-                source.fill(z, z + len(b), b)
-            else:
-                np.copyto(b, planes[z : z + per], casting="unsafe")
+            fill(z, z + len(b), b)
             f.write(b.data)
             if z == 0:  # sums about the first value: no cancellation for maps far from 0
                 k = float(b.flat[0])

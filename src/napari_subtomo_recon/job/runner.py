@@ -138,7 +138,6 @@ class Job:
             return result
         with OutputGroup(self.params, self.out_dir, plan.voxel_size) as group:
             curve = yield from self.finalise(inp, plan, acc, group)
-            del acc
             result.files = yield from self.write(inp, plan, group)
         self._fsc(result, curve)
         result.elapsed = self._elapsed()
