@@ -124,12 +124,12 @@ class TiltCtfTerms:
     """The particle-independent parts of one tilt's CTF (see :func:`tilt_ctf_terms`).
 
     G is the number of optics groups with their own even-Zernike offset (1 without).
+    A slice whose γ is γ0 - φ has CTF = -sin(γ0 - φ)·envelope = a·cos φ + b·sin φ.
     """
 
-    sin_g0: Float64Array  # (G, s, s//2+1) sin γ0
-    cos_g0: Float64Array  # (G, s, s//2+1) cos γ0
+    a: Float64Array  # (G, s, s//2+1) -sin γ0·envelope
+    b: Float64Array  # (G, s, s//2+1) cos γ0·envelope
     u2_unit: float  # |k|² in 1/Å² per unit of x² + ky²: 1/(s·pixel size)²
-    envelope: Float64Array  # (s, s//2+1) exp(-B|k|²/4)·scale
 
 
 def tilt_ctf_terms(s: int, pixel_size: float, defocus_u: float, defocus_v: float, angle_deg: float,
@@ -140,9 +140,10 @@ def tilt_ctf_terms(s: int, pixel_size: float, defocus_u: float, defocus_v: float
     Adding Δz to both defoci changes γ by -π·λ·Δz·u², and u² = (x² + ky²)·u2_unit on
     this grid, so per particle only ``beta = const.k1 * Δz`` is needed:
     γ = gamma0 - beta·(x² + ky²)·u2_unit.  ``gamma0`` (:func:`ctf_phase`) enters only
-    through its sine and cosine (the per-particle part is then a rotation, see
-    ``extraction.finish_slices``): one (s, sh) pair per optics group's even-Zernike
-    offset in ``gamma_offset`` (G, s, sh), or G = 1 without offsets (None or empty).
+    through its sine and cosine, which the envelope exp(-B|k|²/4)·scale multiplies (the
+    per-particle part is then a rotation, see ``extraction.finish_slices``): one (s, sh)
+    pair per optics group's even-Zernike offset in ``gamma_offset`` (G, s, sh), or G = 1
+    without offsets (None or empty).
     """
     X, Y = frequency_grid(s, pixel_size)
     gamma0 = ctf_phase(X, Y, defocus_u, defocus_v, angle_deg, const)[None]
@@ -151,8 +152,7 @@ def tilt_ctf_terms(s: int, pixel_size: float, defocus_u: float, defocus_v: float
         gamma0 = gamma0 + gamma_offset
     envelope = np.exp(-const.bfactor / 4.0 * u2) * const.scale
     return TiltCtfTerms(
-        sin_g0=np.sin(gamma0),
-        cos_g0=np.cos(gamma0),
+        a=-np.sin(gamma0) * envelope,
+        b=np.cos(gamma0) * envelope,
         u2_unit=1.0 / (s * pixel_size) ** 2,
-        envelope=np.ascontiguousarray(envelope),
     )

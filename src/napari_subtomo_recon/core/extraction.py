@@ -380,7 +380,8 @@ def finish_slices(
 
     ``spectra`` (n, win, >= ncols) complex64: the windows' unitary 2D transforms (only
     the columns the crop keeps are read).  All slices come from one tilt: ``ctf`` holds
-    sin/cos γ0 (G, s, sh) (see :func:`~.ctf.tilt_ctf_terms`), ``filters`` the tilt's
+    -sin γ0 and cos γ0 times the envelope (G, s, sh) (see :func:`~.ctf.tilt_ctf_terms`),
+    ``filters`` the tilt's
     dose weights, their cut-off, the whitening filter and the odd Zernike factors.  Per
     slice i (``slices``): the shift phase ``ex[i, x]·ey[i, y]``, ``beta[i]`` and the
     optics ``group`` picking sin/cos γ0 (when G > 1) and the odd Zernike factor (when
@@ -389,9 +390,9 @@ def finish_slices(
     With γ = γ0 - beta·(x² + ky²)·u2_unit and CTF = -sin(γ)·envelope (|CTF| >= 1e-8):
     data = sign·CTF·D·shift(crop(F))/bin for x < x_ranges[y], else 0;
     weight = (CTF·D)² (or 1 everywhere without CTF, as RELION's --no_ctf).
-    sin γ = sin γ0·cos θ - cos γ0·sin θ with θ = beta·u2_unit·m, m = x² + ky² an
-    integer: one table of (cos mθ, sin mθ) per slice (:func:`rotation_table`) instead
-    of a sine per sample.
+    CTF = a·cos(mθ) + b·sin(mθ) with θ = beta·u2_unit and m = x² + ky² an integer: one
+    table of (cos mθ, sin mθ) per slice (:func:`rotation_table`) instead of a sine per
+    sample.  The shift and crop factors multiply in single precision, as the spectra are.
 
     ``out`` (n, s+1, sh+1, 4) float32 receives [Re data, Im data, weight, 0] per
     sample, the layout the insertion reads (see :func:`~.insertion.packed_slices`):
@@ -418,8 +419,8 @@ def finish_slices(
             f"{filters.x_ranges.shape} do not fit"
         )
     _finish_slices(
-        spectra, crop.rows, crop.ncols, crop.inv_bin, slices.ex, slices.ey, ctf.sin_g0,
-        ctf.cos_g0, ctf.u2_unit, ctf.envelope, slices.beta, filters.odd, slices.group,
+        spectra, crop.rows, crop.ncols, crop.inv_bin, slices.ex, slices.ey, ctf.a, ctf.b,
+        ctf.u2_unit, slices.beta, filters.odd, slices.group,
         filters.dose, filters.x_ranges, filters.noise, do_ctf, sign, out,
     )  # fmt: skip
 
@@ -428,71 +429,73 @@ def finish_slices(
 # second rotation_table (~0.1 s of a cold start)
 @njit(cache=True, nogil=True, locals={"M": numba.int64})
 def _finish_slices(F: Complex64Array, rows: Int64Array, ncols: int, inv_bin: float,
-                   ex: Complex128Array, ey: Complex128Array, sin_g0: Float64Array,
-                   cos_g0: Float64Array, u2_unit: float, envelope: Float64Array,
-                   beta: Float64Array, odd: Complex128Array, group: Int64Array,
-                   dose: Float32Array, xr: Int32Array, noise: Float32Array, do_ctf: bool,
-                   sign: float, out: Float32Array) -> None:  # fmt: skip
-    """The kernel of :func:`finish_slices`, the records' arrays passed one by one."""
+                   ex: Complex128Array, ey: Complex128Array, ctf_a: Float64Array,
+                   ctf_b: Float64Array, u2_unit: float, beta: Float64Array,
+                   odd: Complex128Array, group: Int64Array, dose: Float32Array, xr: Int32Array,
+                   noise: Float32Array, do_ctf: bool, sign: float,
+                   out: Float32Array) -> None:  # fmt: skip
+    """The kernel of :func:`finish_slices`, the records' arrays passed one by one.
+
+    The shift factors are rounded to complex64 and the spectra multiplied in single
+    precision: the spectra are single precision already, and complex128 products were
+    over a third of this kernel's time (box 256: 0.218 -> 0.124 ms per slice with the
+    CTF's a, b tables, ``benchmarks/kernels.py finish``)."""
     n = F.shape[0]
     s = out.shape[1] - 1
     sh = out.shape[2] - 1
     has_odd = odd.shape[0] > 0
     has_noise = noise.shape[0] > 0
-    groups = sin_g0.shape[0]
-    fbin = np.float32(inv_bin)
+    groups = ctf_a.shape[0]
+    sg = np.float32(sign)
     M = 0  # the largest x² + ky² with data
     for y in range(s):
         ky = y if y < s // 2 else y - s
         lim = xr[y] if do_ctf else sh
         if lim > 0:
             M = max(M, (lim - 1) * (lim - 1) + ky * ky)
+    rot = np.empty((M + 1 if do_ctf else 1, 2))
+    exs = np.empty(sh, np.complex64)
     for i in range(n):
         g = group[i] if groups > 1 else 0
-        rot = np.empty((M + 1 if do_ctf else 1, 2))
         if do_ctf:
             rotation_table(beta[i] * u2_unit, M, rot)
+        for x in range(sh):
+            exs[x] = np.complex64(ex[i, x])
         for y in range(s):
-            src = rows[y]
+            Fy = F[i, rows[y]]
             ky = y if y < s // 2 else y - s
             ky2 = ky * ky
             lim = xr[y] if do_ctf else sh
-            eyy = ey[i, y]
+            eyy = np.complex64(ey[i, y] * inv_bin)
+            o = out[i, y]
             for x in range(lim):
-                if x < ncols:
-                    v = np.complex64((ex[i, x] * eyy) * (F[i, src, x] * fbin))
-                else:
-                    v = np.complex64(0.0)
+                # beyond the spectrum's columns: no data, but the CTF's weight
+                v = exs[x] * (eyy * Fy[x]) if x < ncols else np.complex64(0.0)
                 if do_ctf:
                     m = x * x + ky2
-                    c = (
-                        -(sin_g0[g, y, x] * rot[m, 0] - cos_g0[g, y, x] * rot[m, 1])
-                        * envelope[y, x]
-                    )
+                    c = ctf_a[g, y, x] * rot[m, 0] + ctf_b[g, y, x] * rot[m, 1]
                     if abs(c) < 1e-8:
                         c = 1e-8 if c >= 0 else -1e-8
-                    cw = np.float32(sign * np.float32(c) * dose[y, x])
+                    cw = sg * np.float32(c) * dose[y, x]
                     v = v * cw
                     wgt = cw * cw
                 else:
-                    v = v * np.float32(sign)
+                    v = v * sg
                     wgt = np.float32(1.0)
                 if has_odd:
-                    v = v * odd[group[i], y, x]
+                    v = np.complex64(v * odd[group[i], y, x])
                 if has_noise:
                     v = v * noise[y, x]
                     wgt = wgt * noise[y, x]
-                out[i, y, x, 0] = v.real
-                out[i, y, x, 1] = v.imag
-                out[i, y, x, 2] = wgt
-                out[i, y, x, 3] = 0.0
+                o[x, 0] = v.real
+                o[x, 1] = v.imag
+                o[x, 2] = wgt
+                o[x, 3] = 0.0
             for x in range(lim, sh):  # beyond the dose cut-off (none without CTF): no data
-                out[i, y, x, 0] = 0.0
-                out[i, y, x, 1] = 0.0
-                out[i, y, x, 2] = 0.0
-                out[i, y, x, 3] = 0.0
+                for c in range(4):
+                    o[x, c] = 0.0
             for c in range(4):  # loops: slice copies compile Numba's shape checks
-                out[i, y, sh, c] = out[i, y, sh - 2, c]
+                o[sh, c] = o[sh - 2, c]
         for x in range(sh + 1):
             for c in range(4):
                 out[i, s, x, c] = out[i, 0, x, c]
