@@ -136,14 +136,18 @@ def insertion(box: int, n: int, threads: int, reps: int, batches: list[int],
         print(f"  fast kernel's assembly: {gathers} gather instructions, {wide} ymm/zmm operands")
 
 
-def windows(window: int, cols: int, n: int, reps: int, offsets: int = 1) -> None:
+def windows(window: int, cols: int, n: int, reps: int, offsets: int = 1,
+            image: tuple[int, int] = (4400, 4300), falloff: float = 5.0) -> None:  # fmt: skip
     import scipy.fft as sfft
 
     from napari_subtomo_recon.core.extraction import WindowCentres, extract_windows
 
     rng = np.random.default_rng(0)
-    img = rng.standard_normal((4400, 4300)).astype(np.float32)
-    cx, cy = rng.uniform(window, 4300 - window, n), rng.uniform(window, 4400 - window, n)
+    H, W = image
+    img = rng.standard_normal((H, W)).astype(np.float32)
+    # inside the image, as in the job (its binned tilts are padded by half a window)
+    h = window // 2 + 1
+    cx, cy = rng.uniform(h, W - h, n), rng.uniform(h, H - h, n)
     # the crop circle's offset from the window centre: 0 on RELION's path; after
     # pre-binning one of a few values (multiples of 1/4 px at bin 2 and 6)
     if offsets > 1:
@@ -161,7 +165,7 @@ def windows(window: int, cols: int, n: int, reps: int, offsets: int = 1) -> None
                 t0 = time.perf_counter()
                 w = np.empty((k, window, window), np.float32)
                 centres = WindowCentres(x=cx[sl], y=cy[sl], circle_dx=dx[sl], circle_dy=dy[sl])
-                extract_windows(img, centres, out=w, circle_crop=True, falloff=5.0)
+                extract_windows(img, centres, out=w, circle_crop=True, falloff=falloff)
                 t1 = time.perf_counter()
                 F = sfft.rfft(w, axis=2, norm="ortho")[:, :, :cols]
                 sfft.fft(F, axis=1, norm="ortho", overwrite_x=True)
@@ -349,6 +353,12 @@ def main() -> None:
     b.add_argument("--count", type=int, default=96)
     b.add_argument("--reps", type=int, default=3)
     b.add_argument(
+        "--image", default="4400x4300",
+        help="HxW of the tilt the windows are cut from (the job's after binning: bin 6 "
+        "960x930, bin 2 2878x2782) [4400x4300]",
+    )  # fmt: skip
+    b.add_argument("--falloff", type=float, default=5.0, help="the mask's edge in px [5]")
+    b.add_argument(
         "--offsets", type=int, default=1,
         help="distinct crop-circle offsets, in random order [1: centred, RELION's path]",
     )  # fmt: skip
@@ -382,7 +392,8 @@ def main() -> None:
     elif args.cmd == "finish":
         finish(args.box, args.window, args.reps)
     else:
-        windows(args.window, args.cols, args.count, args.reps, args.offsets)
+        H, W = (int(v) for v in args.image.split("x"))
+        windows(args.window, args.cols, args.count, args.reps, args.offsets, (H, W), args.falloff)
 
 
 if __name__ == "__main__":
