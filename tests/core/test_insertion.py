@@ -79,7 +79,7 @@ def assert_matches_reference(rng, B, max_freq, s=12, min_voxels=50, fast=False):
     D = np.zeros((s, s, sh), np.complex128)
     W = np.zeros((s, s, sh))
     if fast:
-        S = packed_slices(data[None], weight[None])[0]
+        S = packed_slices(data[None], weight[None])[0].reshape(-1)  # the kernels read it flat
         _insert_slice_planes_fast(S, Q, max_freq, D, W, -(s // 2), s // 2 - 1, 0)
     else:
         insert_slice(data, weight, Q, max_freq, D, W)
@@ -206,7 +206,7 @@ def test_exact_and_fast_builds_are_kept_apart_in_numba_cache():
     s = 16
     data = rng.normal(size=(s, s // 2 + 1)) + 1j * rng.normal(size=(s, s // 2 + 1))
     weight = rng.uniform(0.5, 1, (s, s // 2 + 1))
-    S = packed_slices(data[None], weight[None])[0]
+    S = packed_slices(data[None], weight[None])[0].reshape(-1)  # the kernels read it flat
     Q = slice_matrices(euler_matrix(*rng.uniform(-180, 180, 3))[None])[0]
     out = {}
     for name, k in (("exact", exact), ("fast", fast)):

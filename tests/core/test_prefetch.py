@@ -58,7 +58,7 @@ def test_the_fast_walk_prefetches_and_adds_the_same_sums_as_without():
         D = np.zeros((s, s, sh), np.complex64)
         W = np.zeros((s, s, sh), np.float32)
         for i in range(n):
-            kernel(S[i], Q[i], s // 2, D, W, -(s // 2), s // 2 - 1, 0)
+            kernel(S[i].reshape(-1), Q[i], s // 2, D, W, -(s // 2), s // 2 - 1, 0)
         sums.append((D, W))
     assert np.count_nonzero(sums[0][1]) > 0.3 * sums[0][1].size
     assert np.array_equal(sums[0][0], sums[1][0]) and np.array_equal(sums[0][1], sums[1][1])
