@@ -192,6 +192,7 @@ def finish(box: int, window: int, reps: int) -> None:
         finish_slices,
         shift_factors,
     )
+    from napari_subtomo_recon.core.insertion import LANES
 
     numba.set_num_threads(1)
     rng = np.random.default_rng(1)
@@ -206,7 +207,7 @@ def finish(box: int, window: int, reps: int) -> None:
     ctf = tilt_ctf_terms(s, px, 25000.0, 24600.0, 33.0, const)
     beta = const.k1 * rng.uniform(-1500, 1500, n)
     ex, ey = shift_factors(s, s, rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n))
-    out = np.empty((n, s + 1, sh + 1, 4), np.float32)
+    out = np.empty((n, s + 1, sh + 1, LANES), np.float32)
     kwargs = dict(
         crop=FourierCrop(rows=crop_rows(window, s), ncols=sh, inv_bin=s / window),
         slices=SliceTerms(ex=ex, ey=ey, beta=beta, group=np.zeros(n, np.int64)),

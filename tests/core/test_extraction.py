@@ -19,6 +19,7 @@ from napari_subtomo_recon.core.extraction import (
     shift_factors,
     shift_phase,
 )
+from napari_subtomo_recon.core.insertion import LANES
 
 
 def reference_window(img, cx, cy, w, circle_crop):
@@ -117,7 +118,7 @@ def test_finish_slices_equals_numpy_composition(zernike):
     ctf = tilt_ctf_terms(s, px, U0, V0, 33.0, const, even)
     odd = np.exp(-1j * odd_phase) if zernike else empty.astype(complex)
     ex, ey = shift_factors(s, s, tx, ty)
-    packed = np.empty((n, s + 1, sh + 1, 4), np.float32)
+    packed = np.empty((n, s + 1, sh + 1, LANES), np.float32)
 
     def run(do_ctf):
         finish_slices(

@@ -44,7 +44,7 @@ from .extraction import (
     shift_factors,
 )
 from .geometry import c_round
-from .insertion import Accumulators, SliceBatch, insert_slices, slice_matrices
+from .insertion import LANES, Accumulators, SliceBatch, insert_slices, slice_matrices
 from .particles import ParticleGeometry
 from .whitening import whitening_filter
 
@@ -60,7 +60,7 @@ __all__ = [
 
 def packed_bytes(box: int) -> int:
     """Bytes of one prepared slice (see :func:`~.insertion.packed_slices`)."""
-    return (box + 1) * (box // 2 + 2) * 16
+    return (box + 1) * (box // 2 + 2) * 4 * LANES
 
 
 @dataclass
@@ -216,7 +216,7 @@ def _window_centres(c2u: Float64Array, scale: float) -> WindowCentres:
 def _prepare_chunk(t: _Tilt, part: NDArray[np.intp], pos: slice, out: Float32Array,
                    workers: int) -> None:  # fmt: skip
     """Cut out, transform and weight the windows of particles ``part`` (k,), at
-    positions ``pos`` of the tilt's visible particles, into ``out`` (k, s+1, s//2+2, 4)."""
+    positions ``pos`` of the tilt's visible particles, into ``out`` (k, s+1, s//2+2, LANES)."""
     ts, geo, st = t.series.ts, t.series.geo, t.series.st
     m, f = t.mode, t.f
     s, win = st.box, m.win
@@ -374,7 +374,7 @@ def backproject(
             for start in range(0, idx.size, ins):
                 sel = idx[start : start + ins]
                 nb = sel.size
-                packed = np.empty((nb, s + 1, sh + 1, 4), np.float32)
+                packed = np.empty((nb, s + 1, sh + 1, LANES), np.float32)
                 # (the particles, their positions in the tilt's, their slices): the last
                 # chunk of a batch is cut at the batch's end, not at the chunk size
                 ends = [(c, min(c + m.chunk, nb)) for c in range(0, nb, m.chunk)]

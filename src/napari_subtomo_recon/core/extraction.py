@@ -32,6 +32,7 @@ from .arraytypes import (
     Int64Array,
 )
 from .ctf import TiltCtfTerms
+from .insertion import LANES
 
 EDGE_FALLOFF = 5.0
 
@@ -411,7 +412,7 @@ def finish_slices(
     table of (cos mθ, sin mθ) per slice (:func:`rotation_table`) instead of a sine per
     sample.  The shift and crop factors multiply in single precision, as the spectra are.
 
-    ``out`` (n, s+1, sh+1, 4) float32 receives [Re data, Im data, weight, 0] per
+    ``out`` (n, s+1, sh+1, LANES) float32 receives [Re data, Im data, weight] per
     sample, the layout the insertion reads (see :func:`~.insertion.packed_slices`):
     row s repeats row 0 and column sh repeats column sh-2.
     ``crop.ncols`` columns come from ``spectra``; beyond them the cropped data are zero
@@ -420,7 +421,7 @@ def finish_slices(
     n = spectra.shape[0]
     s, sh = out.shape[1] - 1, out.shape[2] - 1
     if (
-        out.shape != (n, s + 1, sh + 1, 4)
+        out.shape != (n, s + 1, sh + 1, LANES)
         or slices.ex.shape != (n, sh)
         or slices.ey.shape != (n, s)
         or slices.beta.shape != (n,)
@@ -507,14 +508,13 @@ def _finish_slices(F: Complex64Array, rows: Int64Array, ncols: int, inv_bin: flo
                 o[x, 0] = v.real
                 o[x, 1] = v.imag
                 o[x, 2] = wgt
-                o[x, 3] = 0.0
             for x in range(lim, sh):  # beyond the dose cut-off (none without CTF): no data
-                for c in range(4):
+                for c in range(LANES):
                     o[x, c] = 0.0
-            for c in range(4):  # loops: slice copies compile Numba's shape checks
+            for c in range(LANES):  # loops: slice copies compile Numba's shape checks
                 o[sh, c] = o[sh - 2, c]
         for x in range(sh + 1):
-            for c in range(4):
+            for c in range(LANES):
                 out[i, s, x, c] = out[i, 0, x, c]
 
 

@@ -31,6 +31,9 @@ from .arraytypes import Complex128Array, Float32Array, Float64Array, Int64Array
 from .prefetch import prefetch
 
 PLANES_PER_BLOCK = 1
+# values per sample of a packed slice, [Re, Im, weight]: the kernels load them one by one,
+# so a fourth (padding) lane only made the slices a third larger in memory
+LANES = 3
 
 # the planes the slice kernels add to: the accumulators (complex128, float64) or the
 # single-precision scratch of ``_insert_blocks_single`` (complex64, float32)
@@ -62,7 +65,7 @@ class Accumulators:
 class SliceBatch:
     """n prepared slices and where each goes (s: the box, sh = s//2+1)."""
 
-    packed: Float32Array  # (n, s+1, sh+1, 4) [Re, Im, weight, 0] (:func:`packed_slices`)
+    packed: Float32Array  # (n, s+1, sh+1, LANES) [Re, Im, weight] (:func:`packed_slices`)
     Q: Float64Array  # (n, 3, 3) slice matrices (B^-1)^T (:func:`slice_matrices`)
     max_freq: Int64Array  # (n,) radius in voxels up to which a slice is inserted
     half: Int64Array  # (n,) half set, 0 or 1
@@ -84,9 +87,9 @@ def _position(qx: float, qy: float, h: int) -> tuple[float, float, float, int, i
 @njit(cache=True, nogil=True, inline="always")
 def _sample(S: Float32Array, row: int, qx: float, qy: float, h: int, D: ComplexArray,
             W: RealArray, z: int, y: int, x: int, c: float) -> None:  # fmt: skip
-    # S: a slice (h+1, wh+1, 4) float32 [re, im, w, 0] flattened, ``row`` = (wh+1)·4 values
-    # per row; row h repeats row 0 (y wraps), column wh repeats column wh-2 (RELION's
-    # last-column quirk)
+    # S: a slice (h+1, wh+1, LANES) float32 [re, im, w] flattened, ``row`` = (wh+1)·LANES
+    # values per row; row h repeats row 0 (y wraps), column wh repeats column wh-2
+    # (RELION's last-column quirk)
     sg, xd, yd, x0, y0 = _position(qx, qy, h)
     xf = xd - x0
     yf = yd - y0
@@ -100,17 +103,16 @@ def _sample(S: Float32Array, row: int, qx: float, qy: float, h: int, D: ComplexA
     # flat, unsigned indices (all are >= 0): one multiply, and none of Numba's stride
     # loads and negative-index fix-ups: ~115 -> ~81 instructions per voxel in the x-run
     # loop, -4% at one thread, ~1% at two, where the fast path waits on memory
-    i0 = np.uint64(y0 * row + x0 * 4)
+    i0 = np.uint64(y0 * row + x0 * LANES)
     i1 = i0 + np.uint64(row)
-    re = a * S[i0] + b * S[i0 + np.uint64(4)] + cc * S[i1] + d * S[i1 + np.uint64(4)]
-    im = (
-        a * S[i0 + np.uint64(1)] + b * S[i0 + np.uint64(5)] + cc * S[i1 + np.uint64(1)]
-        + d * S[i1 + np.uint64(5)]
-    )  # fmt: skip
-    wv = (
-        a * S[i0 + np.uint64(2)] + b * S[i0 + np.uint64(6)] + cc * S[i1 + np.uint64(2)]
-        + d * S[i1 + np.uint64(6)]
-    )  # fmt: skip
+    n = np.uint64(LANES)  # the next column's sample
+    re = a * S[i0] + b * S[i0 + n] + cc * S[i1] + d * S[i1 + n]
+    i0 += np.uint64(1)
+    i1 += np.uint64(1)
+    im = a * S[i0] + b * S[i0 + n] + cc * S[i1] + d * S[i1 + n]
+    i0 += np.uint64(1)
+    i1 += np.uint64(1)
+    wv = a * S[i0] + b * S[i0 + n] + cc * S[i1] + d * S[i1 + n]
     zu, yu, xu = np.uint64(z), np.uint64(y), np.uint64(x)
     D[zu, yu, xu] += complex(re, sg * im)
     W[zu, yu, xu] += wv
@@ -122,7 +124,7 @@ def _prefetch_sample(S: Float32Array, row: int, qx: float, qy: float, h: int) ->
     :func:`_sample` reads at (qx, qy)."""
     _, _, _, x0, y0 = _position(qx, qy, h)
     y0 = min(y0, h - 1)
-    i = y0 * row + x0 * 4
+    i = y0 * row + x0 * LANES
     if x0 >= 0 and y0 >= 0 and i + row < S.size:
         prefetch(S, i)
         prefetch(S, i + row)
@@ -188,7 +190,7 @@ def _slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
                   W: RealArray, zlo: int, zhi: int, z0: int) -> None:  # fmt: skip
     """Insert one slice into the planes of signed frequency zlo..zhi (inclusive) of D, W.
 
-    ``S`` is the packed slice (s+1, sh+1, 4) flattened (sh = D.shape[2]); ``D[k]``,
+    ``S`` is the packed slice (s+1, sh+1, LANES) flattened (sh = D.shape[2]); ``D[k]``,
     ``W[k]`` hold the plane of index ``z0 + k`` (0 for whole volumes).
 
     The voxels visited are exactly RELION's (|q_z| < 1, x <= sqrt(R² - y² - z²),
@@ -204,7 +206,7 @@ def _slice_planes(S: Float32Array, Q: Float64Array, R: int, D: ComplexArray,
     h2 = s
     wh2 = D.shape[2]
     ylim = h2 // 2 + 1
-    row = (wh2 + 1) * 4
+    row = (wh2 + 1) * LANES
     R2 = R * R
     nx, ny, nz = Q[2, 0], Q[2, 1], Q[2, 2]
     q00, q01, q02 = Q[0, 0], Q[0, 1], Q[0, 2]
@@ -317,7 +319,7 @@ def _compiled(name: str, fastmath: bool, doc: str) -> Any:
     return njit(cache=True, nogil=True, fastmath=fastmath)(f)
 
 
-# (S (s+1, sh+1, 4) flattened, Q (3, 3), R, D, W, zlo, zhi, z0) -> None; see _slice_planes
+# (S (s+1, sh+1, LANES) flattened, Q (3, 3), R, D, W, zlo, zhi, z0) -> None; see _slice_planes
 insert_slice_planes = _compiled(
     "insert_slice_planes", False,
     "Insert one slice into the planes zlo..zhi of D, W: RELION's voxels and arithmetic.",
@@ -440,16 +442,16 @@ def _pool(T: int) -> ThreadPoolExecutor:
 
 
 def packed_slices(data: NDArray[np.complexfloating], weight: NDArray[np.floating]) -> Float32Array:
-    """(n, s, sh) data and weights -> the (n, s+1, sh+1, 4) float32 layout the kernel reads.
+    """(n, s, sh) data and weights -> the (n, s+1, sh+1, LANES) float32 layout the kernel reads.
 
-    [Re, Im, weight, 0] per sample, so one bilinear corner is one 16-byte load; row s
-    repeats row 0 (y wraps) and column sh repeats column sh-2 (RELION's last-column
+    [Re, Im, weight] per sample, so a bilinear corner's values are next to each other;
+    row s repeats row 0 (y wraps) and column sh repeats column sh-2 (RELION's last-column
     quirk), so the kernel needs no index clamps.  ``extraction.finish_slices`` writes
     this layout directly.
     """
     data = np.asarray(data)
     n, h, wh = data.shape
-    S = np.zeros((n, h + 1, wh + 1, 4), np.float32)
+    S = np.zeros((n, h + 1, wh + 1, LANES), np.float32)
     S[:, :h, :wh, 0] = data.real
     S[:, :h, :wh, 1] = data.imag
     S[:, :h, :wh, 2] = weight
@@ -473,9 +475,9 @@ def insert_slices(batch: SliceBatch, acc: Accumulators, *, block: int = PLANES_P
     if D.ndim != 4 or D.shape[0] != 2 or W.shape != D.shape or D.shape[1] != D.shape[2]:
         raise ValueError(f"accumulators must be (2, s, s, s//2+1), got {D.shape} and {W.shape}")
     s = D.shape[1]
-    if S.ndim != 4 or S.shape[1:] != (s + 1, s // 2 + 2, 4) or S.dtype != np.float32:
+    if S.ndim != 4 or S.shape[1:] != (s + 1, s // 2 + 2, LANES) or S.dtype != np.float32:
         raise ValueError(
-            f"slices must be float32 (n, {s + 1}, {s // 2 + 2}, 4), got {S.shape} {S.dtype}"
+            f"slices must be float32 (n, {s + 1}, {s // 2 + 2}, {LANES}), got {S.shape} {S.dtype}"
         )
     if len(Q) != n or len(max_freq) != n or len(half) != n or (n and np.max(half) > 1):
         raise ValueError("Q, max_freq and half need one entry per slice; half is 0 or 1")
