@@ -341,6 +341,10 @@ def backproject(
     # fill the cores' idle time between batches (at bin 2, box 256, 8% of the job ran on
     # the main thread alone)
     loader = ThreadPoolExecutor(1, thread_name_prefix="load") if pool is not None else None
+    # one batch's slices, reused by every batch: a new array each time (58 MB at box 192,
+    # 0.4 GB at box 512; above malloc's reuse threshold) was mapped anew and page-faulted
+    # in by the windows' threads, slow on VMs
+    buffer: Float32Array | None = None
     try:
         ahead = loader.submit(load, 0) if loader is not None and ts.frame_count else None
         for f in range(ts.frame_count):
@@ -374,7 +378,9 @@ def backproject(
             for start in range(0, idx.size, ins):
                 sel = idx[start : start + ins]
                 nb = sel.size
-                packed = np.empty((nb, s + 1, sh + 1, LANES), np.float32)
+                if buffer is None:
+                    buffer = np.empty((min(ins, n), s + 1, sh + 1, LANES), np.float32)
+                packed = buffer[:nb]
                 # (the particles, their positions in the tilt's, their slices): the last
                 # chunk of a batch is cut at the batch's end, not at the chunk size
                 ends = [(c, min(c + m.chunk, nb)) for c in range(0, nb, m.chunk)]
