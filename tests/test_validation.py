@@ -107,12 +107,27 @@ def test_truncated_mrc(data, capsys):
     fails(capsys, BASE, "tilt_series/TS_02.mrcs", "not a readable MRC file")
 
 
-def test_non_finite_pixel_in_a_used_tilt(data, capsys):
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_non_finite_pixel_in_a_used_tilt(data, capsys, threads):
     with mrcfile.open("tilt_series/TS_01.mrcs", "r+") as m:
         d = m.data.copy()
         d[7, 80, 81] = np.nan
         m.set_data(d)
-    fails(capsys, BASE, "tilt_series/TS_01.mrcs", "image 8", "non-finite", "x=81, y=80")
+    argv = [*BASE[:-1], threads]  # BASE ends with --j 1
+    fails(capsys, argv, "tilt_series/TS_01.mrcs", "image 8", "non-finite", "x=81, y=80")
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_the_first_bad_tilt_in_order_is_reported(data, capsys, threads):
+    # frames 4 and 5 of TS_01 (images 9 and 13) are both bad; two threads check them at
+    # the same time, and frame 4 is reported whichever check ends first
+    with mrcfile.open("tilt_series/TS_01.mrcs", "r+") as m:
+        d = m.data.copy()
+        d[8, 10, 11] = np.inf
+        d[12, 20, 21] = np.nan
+        m.set_data(d)
+    argv = [*BASE[:-1], threads]
+    fails(capsys, argv, "TS_01.mrcs: image 9 (frame 4", "row 4", "x=11, y=10")
 
 
 def test_empty_particle_set(data, capsys):
@@ -226,3 +241,28 @@ def test_a_star_file_with_a_comment_among_its_labels_still_works(data, capsys):
         p.read_text().replace("_rlnDefocusU #5\n", "_rlnDefocusU #5\n# fitted by CTFFIND\n")
     )
     assert main(BASE) == 0
+
+
+def test_checks_running_together_report_in_frame_order():
+    """Frame 0's check is slow and frame 1's fails at once: the two run together, and the
+    error raised is frame 0's, as one thread would report it."""
+    import time
+    from types import SimpleNamespace
+
+    from napari_subtomo_recon.errors import InputError
+    from napari_subtomo_recon.job.runner import check_tilt_images
+
+    class Reader:
+        def first_non_finite(self, path, idx, what=""):
+            if idx == 0:
+                time.sleep(0.3)
+            return (idx, idx)  # every image bad at (idx, idx)
+
+    ts = SimpleNamespace(
+        name="TS_01", source="ts.star", frames=[("ts.mrcs", 0), ("ts.mrcs", 1), ("ts.mrcs", 2)]
+    )
+    plan = SimpleNamespace(ts=ts, geo=SimpleNamespace(visible=np.ones((4, 3), bool)))
+    for threads in (1, 2, 3):
+        with pytest.raises(InputError, match=r"image 1 \(frame 1 .* x=0, y=0"):
+            for _ in check_tilt_images([plan], Reader(), threads):
+                pass

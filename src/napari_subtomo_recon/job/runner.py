@@ -168,7 +168,7 @@ class Job:
         from ..io import FrameReader
 
         with FrameReader() as reader:
-            for name in check_tilt_images(plans, reader):
+            for name in check_tilt_images(plans, reader, st.threads):
                 yield self._progress(
                     ev.Stage.CHECKING, plan, message=f"checking tilt images of {name}"
                 )
@@ -342,26 +342,50 @@ def fingerprint(
     return {"params": params.fingerprint(), "files": files, "rank": rank, "size": size}
 
 
-def check_tilt_images(plans: list[TomoPlan], reader: Any) -> Generator[str, None, None]:
+def check_tilt_images(
+    plans: list[TomoPlan], reader: Any, threads: int = 1
+) -> Generator[str, None, None]:
     """Every tilt image a particle is visible in must be readable and finite.
 
-    A generator: yields the tomogram's name after each image (cancel points).
+    A generator: yields the tomogram's name before each image (cancel points).  With
+    ``threads`` > 1 that many images are checked at a time (numpy's sums release the GIL:
+    0.45 -> 0.24 s for 41 tilts of 3710x3838 px on 2 cores); the first bad image in
+    order is the one reported, as with one thread.
     """
-    for p in plans:
-        used = np.flatnonzero(p.geo.visible.any(axis=0))
-        for f in used:
-            yield p.ts.name
-            path, idx = p.ts.frames[f]
-            bad = reader.first_non_finite(
-                path, idx, what=f"tilt image {f + 1} of tomogram '{p.ts.name}'"
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    jobs = [(p, int(f)) for p in plans for f in np.flatnonzero(p.geo.visible.any(axis=0))]
+
+    def check(job: tuple[TomoPlan, int]) -> None:
+        p, f = job
+        path, idx = p.ts.frames[f]
+        bad = reader.first_non_finite(
+            path, idx, what=f"tilt image {f + 1} of tomogram '{p.ts.name}'"
+        )
+        if bad is not None:
+            x, y = bad
+            which = f"image {idx + 1}" if idx is not None else "the image"
+            raise InputError(
+                f"{path}: {which} (frame {f + 1} of tomogram '{p.ts.name}', {p.ts.source} "
+                f"row {f + 1}) has a non-finite pixel at x={x}, y={y}"
             )
-            if bad is not None:
-                x, y = bad
-                which = f"image {idx + 1}" if idx is not None else "the image"
-                raise InputError(
-                    f"{path}: {which} (frame {f + 1} of tomogram '{p.ts.name}', {p.ts.source} "
-                    f"row {f + 1}) has a non-finite pixel at x={x}, y={y}"
-                )
+
+    if threads <= 1:
+        for job in jobs:
+            yield job[0].ts.name
+            check(job)
+        return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="check")
+    running: deque[Future[None]] = deque()
+    try:
+        for i, job in enumerate(jobs):
+            while len(running) < threads and i + len(running) < len(jobs):
+                running.append(pool.submit(check, jobs[i + len(running)]))
+            yield job[0].ts.name
+            running.popleft().result()
+    finally:  # cancelled or failed: no new checks (a running one finishes on its own)
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run(params: ReconstructParams, **kwargs: Any) -> Events[ev.Result]:
