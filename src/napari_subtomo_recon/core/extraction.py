@@ -181,8 +181,8 @@ def extract_windows(
 
 @njit(cache=True, nogil=True, inline="always")
 def _sum_run(src: Float32Array, k0: int, k1: int) -> float:
-    """sum(src[k0:k1]) in double precision, in four interleaved partial sums: one
-    running sum waited on each addition's latency (~20% of the cut-out)."""
+    """sum(src[k0:k1]) in double precision, in four interleaved partial sums, so that the
+    additions do not each wait for the one before."""
     s0 = s1 = s2 = s3 = 0.0
     k = k0
     while k + 4 <= k1:
@@ -237,7 +237,8 @@ def _extract_windows(img: Float32Array, cx: Float64Array, cy: Float64Array, w: i
     zeros = np.zeros(w, np.float32)
     # the cosine edge's factors for every pixel of the ring and each row's chords, kept
     # while the circle's offset stays the same (always on RELION's path): a cosine and a
-    # square root per ring pixel were a third of the cut-out, the chords ~15% after that
+    # square root per ring pixel were a third of the cut-out, and the chords are the same
+    # for every window with that offset
     edge = np.zeros((w, w))
     chords = np.zeros((w, 4), np.int64)
     edge_dx = edge_dy = np.nan
@@ -402,7 +403,7 @@ def finish_slices(
     ``filters`` the tilt's
     dose weights, their cut-off, the whitening filter and the odd Zernike factors.  Per
     slice i (``slices``): the shift phase ``ex[i, x]·ey[i, y]``, ``beta[i]`` and the
-    optics ``group`` picking sin/cos γ0 (when G > 1) and the odd Zernike factor (when
+    optics ``group`` picking the CTF tables a, b (when G > 1) and the odd Zernike factor (when
     there are any).
 
     With γ = γ0 - beta·(x² + ky²)·u2_unit and CTF = -sin(γ)·envelope (|CTF| >= 1e-8):
@@ -455,9 +456,8 @@ def _finish_slices(F: Complex64Array, rows: Int64Array, ncols: int, inv_bin: flo
     """The kernel of :func:`finish_slices`, the records' arrays passed one by one.
 
     The shift factors are rounded to complex64 and the spectra multiplied in single
-    precision: the spectra are single precision already, and complex128 products were
-    over a third of this kernel's time (box 256: 0.218 -> 0.124 ms per slice with the
-    CTF's a, b tables, ``benchmarks/kernels.py finish``)."""
+    precision, as the spectra are single precision already (with the CTF's a, b tables,
+    box 256: 0.218 -> 0.130 ms per slice, ``benchmarks/kernels.py finish``)."""
     n = F.shape[0]
     s = out.shape[1] - 1
     sh = out.shape[2] - 1

@@ -101,8 +101,8 @@ def _sample(S: Float32Array, row: int, qx: float, qy: float, h: int, D: ComplexA
     cc = np.float32((1.0 - xf) * cy1)
     d = np.float32(xf * cy1)
     # flat, unsigned indices (all are >= 0): one multiply, and none of Numba's stride
-    # loads and negative-index fix-ups: ~115 -> ~81 instructions per voxel in the x-run
-    # loop, -4% at one thread, ~1% at two, where the fast path waits on memory
+    # loads and negative-index fix-ups (kernels.py insertion: -4% at one thread, ~1% at
+    # two, where the fast path waits on memory)
     i0 = np.uint64(y0 * row + x0 * LANES)
     i1 = i0 + np.uint64(row)
     n = np.uint64(LANES)  # the next column's sample

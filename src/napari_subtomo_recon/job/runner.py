@@ -347,10 +347,11 @@ def check_tilt_images(
 ) -> Generator[str, None, None]:
     """Every tilt image a particle is visible in must be readable and finite.
 
-    A generator: yields the tomogram's name before each image (cancel points).  With
-    ``threads`` > 1 that many images are checked at a time (numpy's sums release the GIL:
-    0.45 -> 0.24 s for 41 tilts of 3710x3838 px on 2 cores); the first bad image in
-    order is the one reported, as with one thread.
+    A generator: yields the tomogram's name before each image (cancel points).
+    ``threads`` images are checked at a time (numpy's sums release the GIL: at --j 2 a
+    job's 41 tilts of 3710x3838 px took 0.28 s instead of 0.48, from the events'
+    ``elapsed``); the first bad image in frame order is the one reported, whichever
+    check ends first.
     """
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -371,13 +372,9 @@ def check_tilt_images(
                 f"row {f + 1}) has a non-finite pixel at x={x}, y={y}"
             )
 
-    if threads <= 1:
-        for job in jobs:
-            yield job[0].ts.name
-            check(job)
-        return
+    threads = max(1, threads)
     pool = ThreadPoolExecutor(threads, thread_name_prefix="check")
-    running: deque[Future[None]] = deque()
+    running: deque[Future[None]] = deque()  # the checks of jobs i, i + 1, ...
     try:
         for i, job in enumerate(jobs):
             while len(running) < threads and i + len(running) < len(jobs):
